@@ -1,0 +1,122 @@
+"""Object stores: where mirrored models, the manifest, reports and outputs live.
+
+``open_store(uri)`` turns a store URI into a store:
+
+- ``s3://bucket/prefix``: :class:`S3Store` (boto3). The endpoint comes from
+  ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and credentials from the standard AWS chain.
+- ``file:///path`` or a plain path: :class:`LocalStore`, a directory.
+- nothing: ``$COMFYFLEET_STORE``, else ``$COMFYFLEET_HOME/store`` (``~/.comfyfleet/store``).
+
+``S3Store`` is imported on first use so commands that never touch S3 do not pay for boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from comfyfleet.errors import StoreConfigError
+from comfyfleet.store.base import (
+    SHA256_METADATA_KEY,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    PartInfo,
+    check_key,
+)
+from comfyfleet.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from comfyfleet.store.s3 import S3Store
+
+__all__ = [
+    "SHA256_METADATA_KEY",
+    "LocalStore",
+    "MultipartUpload",
+    "ObjectInfo",
+    "ObjectStore",
+    "PartInfo",
+    "S3Store",
+    "check_key",
+    "check_store",
+    "default_store_uri",
+    "open_store",
+]
+
+ACCEPTED_FORMS = "s3://bucket[/prefix], file:///absolute/path, or a plain directory path"
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def default_store_uri() -> str:
+    """``$COMFYFLEET_STORE``, else ``$COMFYFLEET_HOME/store`` (home defaults to ~/.comfyfleet)."""
+    configured = os.environ.get("COMFYFLEET_STORE", "").strip()
+    if configured:
+        return configured
+    home = os.environ.get("COMFYFLEET_HOME", "").strip() or "~/.comfyfleet"
+    return str(Path(home).expanduser() / "store")
+
+
+def open_store(uri: str | None = None) -> ObjectStore:
+    """The store a URI names (see the module docstring); raises ``StoreConfigError``."""
+    text = (uri if uri is not None else default_store_uri()).strip()
+    if not text:
+        raise StoreConfigError("empty store URI", hint=f"use {ACCEPTED_FORMS}")
+    match = _SCHEME_RE.match(text)
+    if match is None:
+        return LocalStore(Path(text).expanduser())
+    scheme = match.group(1).lower()
+    parts = urlsplit(text)
+    if scheme == "s3":
+        if not parts.netloc:
+            raise StoreConfigError(
+                f"store URI {text!r} names no bucket",
+                hint="write it as s3://bucket or s3://bucket/prefix",
+            )
+        if parts.query or parts.fragment:
+            raise StoreConfigError(
+                f"store URI {text!r} has a query or fragment, which s3:// URIs do not take",
+                hint="set the endpoint with AWS_ENDPOINT_URL (or a --store-block) instead",
+            )
+        from comfyfleet.store.s3 import S3Store
+
+        return S3Store(parts.netloc, parts.path.strip("/"))
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StoreConfigError(
+                f"store URI {text!r} names host {parts.netloc!r}; file:// URIs are local only",
+                hint="write it as file:///absolute/path (three slashes)",
+            )
+        if not parts.path:
+            raise StoreConfigError(
+                f"store URI {text!r} names no directory", hint="write it as file:///absolute/path"
+            )
+        return LocalStore(unquote(parts.path))
+    raise StoreConfigError(
+        f"unknown store scheme {scheme!r} in {text!r}",
+        hint=f"use {ACCEPTED_FORMS}; for other S3-compatible services use s3:// "
+        "with AWS_ENDPOINT_URL",
+    )
+
+
+def check_store(store: ObjectStore) -> None:
+    """Cheap preflight: reachable, credentials accepted, bucket/directory usable.
+
+    Raises the translated store errors (``StoreUnavailable``, ``StoreAuthError``,
+    ``BucketNotFound``, ``StoreConfigError``); writes nothing.
+    """
+    check = getattr(store, "check", None)
+    if callable(check):
+        check()
+    else:
+        store.exists("manifest.json")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "S3Store":
+        from comfyfleet.store.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
