@@ -32,6 +32,7 @@ and nothing else (see ``is_transient``).
     │   │   └── RateLimited          429, carries ``retry_after`` seconds
     │   └── SourceProtocolError      the source answered something we cannot use
     ├── IntegrityError               sha256 or size mismatch (expected and actual both named)
+    │   └── UpstreamChanged          the source now reports other bytes than the catalog pins
     ├── InsufficientDiskError        not enough free space (needed, free, missing bytes)
     ├── LockHeldError                another process holds the warm-up lock for this root
     ├── InstanceError                GPU/disk facts could not be read (nvidia-smi failed)
@@ -215,6 +216,10 @@ class IntegrityError(ComfyfleetError):
             or "the bytes were discarded and nothing was placed; retry, and if it repeats "
             "the source changed: re-pin the catalog entry",
         )
+
+
+class UpstreamChanged(IntegrityError):
+    """The source reports a sha256 or size other than the catalog's pin; nothing was fetched."""
 
 
 class InsufficientDiskError(ComfyfleetError):
