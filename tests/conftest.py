@@ -32,7 +32,7 @@ for _var in ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN", "FAL_KEY", "AWS_P
              "AWS_ENDPOINT_URL", "COMFYFLEET_STORE", "PREFECT_API_URL", "VAST_API_KEY"):
     os.environ.pop(_var, None)
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.support.seaweed"]
 
 
 @pytest.fixture(scope="session")

