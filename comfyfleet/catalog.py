@@ -299,6 +299,10 @@ class Catalog(BaseModel):
     models: dict[str, ModelFile] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     sources: list[str] = Field(default_factory=list)
+    # Files that define (or extend) each profile, for messages.
+    profile_origins: dict[str, list[str]] = Field(default_factory=dict)
+    # Entry problems found while parsing (bad fields, duplicate ids), kept by check=False.
+    load_problems: list[str] = Field(default_factory=list)
 
     def get(self, model_id: str) -> ModelFile:
         try:
@@ -566,8 +570,10 @@ def load_catalog(paths: Iterable[str | Path] | None = None, *, check: bool = Tru
                     + tuple(i for i in profile.includes if i not in old.includes),
                 )
             catalog.profiles[name] = profile
+            catalog.profile_origins.setdefault(name, []).append(str(path))
+    catalog.load_problems = problems
     if check:
-        problems.extend(validate_catalog(catalog))
+        problems = problems + validate_catalog(catalog)
         if problems:
             raise CatalogError(
                 f"{len(problems)} problem(s) in {', '.join(str(f) for f in files)}",
@@ -691,14 +697,21 @@ def validate_catalog(catalog: Catalog) -> list[str]:
                     f"{where}: field 'profiles': {pname!r} must be letters, digits, '.', '_' or '-'"
                 )
     for pname, profile in catalog.profiles.items():
+        origin = ", ".join(catalog.profile_origins.get(pname, [])) or "(catalog)"
+        where = f"{origin}: profile {pname}"
         for mid in profile.models:
             if mid not in catalog.models:
-                problems.append(f"profile {pname}: field 'models': unknown model id {mid!r}")
+                problems.append(f"{where}: field 'models': unknown model id {mid!r}")
         for inc in profile.includes:
             if inc not in catalog.profiles and inc != FULL_PROFILE:
-                problems.append(f"profile {pname}: field 'includes': unknown profile {inc!r}")
+                extra = (
+                    f" (it is built in: add `--catalog {BUILTIN_CATALOG}`)"
+                    if inc in BUILTIN_PROFILES
+                    else ""
+                )
+                problems.append(f"{where}: field 'includes': unknown profile {inc!r}{extra}")
         if profile.min_vram_gb < 0:
-            problems.append(f"profile {pname}: field 'min_vram_gb': must be 0 or more")
+            problems.append(f"{where}: field 'min_vram_gb': must be 0 or more")
     return problems
 
 
