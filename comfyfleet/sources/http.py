@@ -46,6 +46,7 @@ from comfyfleet.errors import (
     SourceNotFound,
     SourceProtocolError,
     SourceUnavailable,
+    UpstreamChanged,
 )
 from comfyfleet.sources.base import DownloadPlan, display_url, sanitize_file_name
 
@@ -600,10 +601,12 @@ def _stream_response(
             )
     if plan.size is not None and total is not None and total != plan.size:
         close()
-        raise SourceProtocolError(
-            f"{plan.source}: the server states {total} bytes, the plan expects {plan.size}",
-            source=plan.source,
-            hint="the upstream file changed since it was resolved; resolve again",
+        raise UpstreamChanged(
+            plan.source,
+            expected_size=plan.size,
+            actual_size=total,
+            hint="the upstream file is not the one resolved or pinned; nothing was read: "
+            "resolve again, and re-pin the catalog entry if the change is wanted",
         )
     name = (
         sanitize_file_name(parse_content_disposition(response.headers.get("Content-Disposition")))
