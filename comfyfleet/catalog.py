@@ -99,11 +99,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_a_yaml_number(value: Any) -> Any:
+    # YAML reads an all-digit hash or commit as a number (and drops leading zeros).
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("was read as a number: quote it in the YAML ('...')")
+    return value
+
+
 class HFSource(_Strict):
     type: Literal["hf"]
     repo: str
     revision: str = "main"
     path: str
+
+    _revision_text = field_validator("revision", mode="before")(_not_a_yaml_number)
 
     @property
     def pinned(self) -> bool:
@@ -229,6 +238,8 @@ class ModelFile(_Strict):
     profiles: tuple[str, ...] = ()
     # Where the entry came from (set by the loader, not by the file).
     origin: str = ""
+
+    _sha256_text = field_validator("sha256", mode="before")(_not_a_yaml_number)
 
     @field_validator("sha256")
     @classmethod
@@ -429,6 +440,8 @@ def _error_text(err: ErrorDetails) -> str:
         return "unknown field (check the spelling; see catalog/loras.example.yaml)"
     if kind == "union_tag_invalid":
         return f"unknown source type {ctx.get('tag')!r}; use one of {', '.join(SOURCE_TYPES)}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
     if kind == "union_tag_not_found":
         return f"needs a 'type' ({', '.join(SOURCE_TYPES)})"
     return str(err["msg"])
@@ -541,8 +554,9 @@ def load_catalog(paths: Iterable[str | Path] | None = None, *, check: bool = Tru
 
     ``builtin`` among ``paths`` stands for the built-in catalog. With ``check`` (the
     default) every problem is collected and raised as one ``CatalogError`` naming file,
-    entry and field; without it, file-level problems (missing file, bad YAML) still raise,
-    entry problems are left to :func:`validate_catalog`.
+    entry and field. Without it, file-level problems (missing file, bad YAML) still raise;
+    entries that failed to parse are skipped and listed in ``catalog.load_problems``, and
+    cross-entry checks are left to :func:`validate_catalog`.
     """
     files = resolve_catalog_paths(paths)
     catalog = Catalog(sources=[str(f) for f in files])
