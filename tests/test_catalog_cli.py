@@ -58,7 +58,7 @@ def test_list_full_json_has_every_file_with_its_sha256(capsys: pytest.CaptureFix
     full = data["profiles"]["full"]
     assert full["count"] == len(catalog.models)
     assert full["total_bytes"] == catalog.total_size()
-    assert full["min_vram_gb"] == 24
+    assert full["min_vram_gb"] == 22
 
 
 def test_list_json_storage_table_covers_every_profile(capsys: pytest.CaptureFixture[str]) -> None:
