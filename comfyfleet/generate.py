@@ -1064,3 +1064,59 @@ def run_batch(
     except StoreError:
         report.summary_key = ""
     return report
+
+
+def generate_from_file(
+    jobs_file: str | Path,
+    *,
+    comfy_url: str,
+    store: ObjectStore,
+    batch_id: str | None = None,
+    queue_depth: int = 2,
+    retries: int = 2,
+    comfy_root: str | Path | None = None,
+    catalog_paths: Sequence[str | Path] = (),
+    video: VideoSettings | None = None,
+    tokens: Any = None,
+    on_event: Callable[[BatchEvent], None] | None = None,
+    ready_timeout_s: float = 30.0,
+    retry_backoff_s: float = 1.0,
+) -> BatchReport:
+    """Read a jobs file, connect to ComfyUI and run the batch: what the CLI and flow call.
+
+    ``batch_id`` defaults to ``<jobs file stem>-<8 hex of its sha256>``, so running the same
+    file again resumes it. ``catalog_paths`` (default: the built-in catalog) give LoRA ids and
+    the VRAM the video models need; ``comfy_root`` enables pulling LoRAs on demand.
+    """
+    from comfyfleet.catalog import load_catalog
+    from comfyfleet.comfy.client import ComfyClient
+    from comfyfleet.jobs import read_jobs
+
+    jobs = read_jobs(jobs_file)
+    batch = check_batch_id(batch_id) if batch_id else default_batch_id(jobs_file)
+    catalog = load_catalog(list(catalog_paths) or None)
+    root = Path(comfy_root).expanduser() if comfy_root else None
+    if root is not None and not root.is_dir():
+        raise ConfigError(
+            f"--comfy-root {root} is not a directory",
+            hint="pass the ComfyUI folder (the one holding models/)",
+        )
+    with ComfyClient(comfy_url) as client:
+        client.wait_ready(timeout=ready_timeout_s)
+        resolver = LoraResolver(
+            client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
+        )
+        vram = {m.file: m.min_vram_gb for m in catalog.models.values() if m.min_vram_gb}
+        return run_batch(
+            jobs,
+            client=client,
+            store=store,
+            batch_id=batch,
+            queue_depth=queue_depth,
+            retries=retries,
+            video=video,
+            loras=resolver,
+            on_event=on_event,
+            catalog_vram=vram,
+            retry_backoff_s=retry_backoff_s,
+        )

@@ -486,8 +486,10 @@ def _lora_from_text(text: str) -> LoraRef:
     rest = text
     while len(strengths) < 2 and ":" in rest:
         head, tail = rest.rsplit(":", 1)
-        if not _NUMBER_RE.match(tail.strip()) or not head or _is_url_without_path(head):
+        if not _NUMBER_RE.match(tail.strip()) or _is_url_without_path(head):
             break
+        if not head.strip():
+            raise ValueError(f"{text!r} names no LoRA")
         strengths.insert(0, float(tail))
         rest = head
     rest = rest.strip()

@@ -1,0 +1,180 @@
+"""``comfyfleet generate JOBS_FILE``: run a batch of jobs on a ComfyUI server.
+
+Runs the library directly (no Prefect). The ``generate-batch`` flow does the same with
+artifacts in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from comfyfleet.cli.common import add_catalog_option, add_json_option, add_store_options, print_json
+from comfyfleet.cli.stores import resolve_store
+from comfyfleet.errors import ConfigError
+from comfyfleet.fal import FAL_KEY_ENV, FalSettings
+from comfyfleet.generate import BatchEvent, BatchReport, VideoSettings, generate_from_file
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="run a table of jobs (CSV/JSONL/Parquet) on ComfyUI, outputs into the store",
+        description="Queue every job of JOBS_FILE on ComfyUI, keeping its queue full; store the "
+        "outputs as outputs/<batch-id>/<job-id>/<file> and results.parquet. Rerunning the same "
+        "batch id skips finished jobs. Jobs with a 'video' column get a video stage: on this "
+        "ComfyUI when it has the model and the VRAM, else on fal.ai (FAL_KEY).",
+    )
+    parser.add_argument(
+        "jobs_file", metavar="JOBS_FILE", help="the jobs table (.csv, .jsonl, .parquet)"
+    )
+    parser.add_argument("--comfy-url", required=True, metavar="URL", help="ComfyUI base URL")
+    add_store_options(parser)
+    parser.add_argument(
+        "--batch-id",
+        metavar="ID",
+        help="batch folder name (default: <jobs file name>-<hash of its content>)",
+    )
+    parser.add_argument(
+        "--queue-depth",
+        type=int,
+        default=2,
+        metavar="N",
+        help="prompts kept queued in ComfyUI at once (default 2: never idle)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="retries per job on connection errors"
+    )
+    parser.add_argument(
+        "--comfy-root",
+        metavar="DIR",
+        help="ComfyUI's folder on this machine: lets LoRAs be pulled into models/loras on demand",
+    )
+    add_catalog_option(parser)
+    fal = parser.add_mutually_exclusive_group()
+    fal.add_argument(
+        "--fal-fallback",
+        dest="fal",
+        action="store_true",
+        default=True,
+        help="run video stages on fal.ai when ComfyUI cannot (default; needs FAL_KEY)",
+    )
+    fal.add_argument("--no-fal", dest="fal", action="store_false", help="never call fal.ai")
+    parser.add_argument(
+        "--no-local-video",
+        dest="local_video",
+        action="store_false",
+        help="do not run video stages on ComfyUI (fal.ai only)",
+    )
+    parser.add_argument(
+        "--fal-url", metavar="URL", help="fal queue endpoint (default: $FAL_QUEUE_URL or fal's)"
+    )
+    add_json_option(parser)
+    parser.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.queue_depth < 1:
+        raise ConfigError(f"--queue-depth {args.queue_depth} must be at least 1")
+    store = resolve_store(args)
+    video = VideoSettings(
+        local=args.local_video,
+        fal=args.fal,
+        fal_settings=FalSettings(base_url=args.fal_url),
+    )
+    err = Console(file=sys.stderr)
+    if args.fal and not FalSettings().resolved_key() and not args.json:
+        err.print(f"[dim]note: {FAL_KEY_ENV} is not set; video stages can only run locally[/]")
+    progress = Progress(
+        TextColumn("[bold]generate[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.json or not err.is_terminal,
+    )
+    task = progress.add_task("jobs", total=None, status="")
+    failed = 0
+
+    def on_event(event: BatchEvent) -> None:
+        nonlocal failed
+        if event.kind == "start":
+            progress.update(task, total=event.total, completed=event.done, status=event.message)
+        elif event.kind == "finished" and event.result is not None:
+            failed += event.result.status == "failed"
+            progress.update(
+                task,
+                completed=event.done,
+                status=f"{event.result.id} {event.result.status}"
+                + (f" ({failed} failed)" if failed else ""),
+            )
+        elif event.kind == "retry":
+            progress.update(task, status=f"{event.job_id} retry: {event.message[:60]}")
+
+    with progress:
+        report = generate_from_file(
+            args.jobs_file,
+            comfy_url=args.comfy_url,
+            store=store,
+            batch_id=args.batch_id,
+            queue_depth=args.queue_depth,
+            retries=args.retries,
+            comfy_root=args.comfy_root,
+            catalog_paths=args.catalog,
+            video=video,
+            on_event=on_event,
+        )
+    if args.json:
+        print_json(report_json(report))
+    else:
+        print_report(report)
+    return 0 if report.ok else 1
+
+
+def report_json(report: BatchReport) -> dict[str, Any]:
+    return {
+        "batch_id": report.batch_id,
+        "store": report.store_uri,
+        "results": report.results_key,
+        "summary": report.summary_key,
+        "counts": report.counts,
+        "wall_seconds": round(report.wall_seconds, 3),
+        "exec_seconds": round(report.exec_seconds, 3),
+        "utilisation": round(report.utilisation, 4),
+        "stopped": report.stopped or None,
+        "jobs": report.rows(),
+    }
+
+
+def print_report(report: BatchReport) -> None:
+    console = Console()
+    table = Table(title=f"batch {report.batch_id}", title_justify="left")
+    for column in ("job", "status", "seconds", "wait", "outputs", "video", "try", "error"):
+        table.add_column(column, overflow="fold")
+    styles = {"ok": "green", "failed": "red", "skipped": "dim"}
+    for row in report.table():
+        table.add_row(
+            row["id"],
+            f"[{styles[row['status']]}]{row['status']}[/]",
+            f"{row['seconds']:.2f}",
+            f"{row['queue_wait']:.2f}",
+            row["outputs"],
+            row["video"],
+            str(row["attempt"]),
+            row["error"],
+        )
+    console.print(table)
+    c = report.counts
+    console.print(
+        f"{c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped; "
+        f"{report.wall_seconds:.1f} s wall, ComfyUI busy {report.utilisation:.0%}; "
+        f"results: {report.store_uri}/{report.results_key}"
+    )
+    if report.stopped:
+        console.print(f"[red]stopped early:[/] {report.stopped}")
