@@ -347,6 +347,9 @@ def render_dockerfile(settings: DockerfileSettings) -> str:
     catalog_copy: list[str] = []
     catalog_args = ""
     for i, path in enumerate(s.catalogs):
+        if path == "builtin":  # the catalog shipped inside the comfyfleet package
+            catalog_args += " --catalog builtin"
+            continue
         target = f"{BAKED_DIR}/catalog/{i:02d}-{path.rsplit('/', 1)[-1]}"
         catalog_copy.append(f"COPY {_q(path)} {target}")
         catalog_args += f" --catalog {target}"
@@ -419,6 +422,11 @@ def render_dockerfile(settings: DockerfileSettings) -> str:
         f'RUN "${{COMFY_PYTHON}}" -m venv {BAKED_DIR}/venv && \\',
         f'    {BAKED_DIR}/venv/bin/pip install --no-cache-dir "${{COMFYFLEET_PACKAGE}}" && \\',
         f"    ln -sf {BAKED_DIR}/venv/bin/comfyfleet /usr/local/bin/comfyfleet",
+        "# Check the baked files against the manifest once, and point ComfyUI at them",
+        "# (extra_model_paths.yaml in its root) before it ever starts.",
+        f"RUN comfyfleet warmup --mode baked --gpu none --no-history --comfy-root "
+        f'"${{COMFY_ROOT}}" --baked-manifest {BAKED_MANIFEST_PATH} --json '
+        f"> {BAKED_DIR}/build-check.json",
         f"ENV COMFYFLEET_BAKED_MANIFEST={BAKED_MANIFEST_PATH} COMFYFLEET_MODE=baked",
         f'LABEL org.comfyfleet.profile="{s.profile}" org.comfyfleet.version="{__version__}"',
     ]

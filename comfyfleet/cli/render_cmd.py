@@ -1,0 +1,194 @@
+"""``comfyfleet render onstart|dockerfile``: the start-up assets for GPU instances."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
+from comfyfleet.cli.common import add_catalog_option
+from comfyfleet.errors import ConfigError
+from comfyfleet.render import (
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_BUILD_PYTHON_IMAGE,
+    DEFAULT_COMFY_URL,
+    DEFAULT_IMAGE_COMFY_ROOT,
+    DEFAULT_IMAGE_PYTHON,
+    DEFAULT_PACKAGE,
+    VIA,
+    DockerfileSettings,
+    OnstartSettings,
+    render_dockerfile,
+    render_onstart,
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "render",
+        help="write the vast.ai on-start script or a Dockerfile that bakes a profile",
+        description="Start-up assets for GPU instances: `render onstart` prints the vast.ai "
+        "on-start script (bash); `render dockerfile` writes a Dockerfile that bakes a profile "
+        "into a ComfyUI image.",
+    )
+    what = parser.add_subparsers(dest="render_command", metavar="WHAT", required=True)
+
+    o = what.add_parser("onstart", help="the vast.ai on-start script (bash) on stdout")
+    o.add_argument("--profile", default=AUTO_PROFILE, metavar="NAME|auto")
+    o.add_argument("--mode", choices=["script", "baked"], default="script")
+    o.add_argument("--verify", choices=["fast", "full"], default="fast")
+    o.add_argument(
+        "--store",
+        default="",
+        metavar="URI",
+        help="default for COMFYFLEET_STORE (credentials stay in the environment)",
+    )
+    o.add_argument(
+        "--package",
+        default=DEFAULT_PACKAGE,
+        metavar="SPEC",
+        help="what pip installs (default comfyfleet; e.g. comfyfleet==0.1.0 or a URL)",
+    )
+    o.add_argument(
+        "--comfy-root",
+        default="",
+        metavar="DIR",
+        help="ComfyUI root on the instance (default: search the usual places)",
+    )
+    o.add_argument(
+        "--comfy-url",
+        default=DEFAULT_COMFY_URL,
+        metavar="URL",
+        help=f"ComfyUI the image runs (default {DEFAULT_COMFY_URL}, vast.ai's)",
+    )
+    o.add_argument(
+        "--start-comfy",
+        default="",
+        metavar="CMD",
+        help="start ComfyUI with this command instead of waiting at --comfy-url",
+    )
+    o.add_argument(
+        "--warmup-workflow",
+        default="",
+        metavar="PATH",
+        help="workflow file on the instance to run once ComfyUI is up",
+    )
+    o.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="catalog file on the instance (repeatable)",
+    )
+    o.add_argument(
+        "--home",
+        default="/opt/comfyfleet",
+        metavar="DIR",
+        help="venv, report and logs (default /opt/comfyfleet)",
+    )
+    o.add_argument(
+        "--via",
+        choices=VIA,
+        default="cli",
+        help="cli: run the warm-up here (default); prefect: start a worker and emit "
+        "comfyfleet.instance.started for the `warmup` deployment",
+    )
+    o.add_argument("--work-pool", default="gpu-process", metavar="NAME")
+    o.add_argument("--fail-on-target", action="store_true")
+    o.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
+    o.set_defaults(func=cmd_onstart)
+
+    d = what.add_parser("dockerfile", help="a Dockerfile that bakes PROFILE into a ComfyUI image")
+    d.add_argument("--profile", required=True, metavar="NAME")
+    add_catalog_option(d)
+    d.add_argument("--base-image", default=DEFAULT_BASE_IMAGE, metavar="IMAGE")
+    d.add_argument("--build-python-image", default=DEFAULT_BUILD_PYTHON_IMAGE, metavar="IMAGE")
+    d.add_argument("--package", default=DEFAULT_PACKAGE, metavar="SPEC")
+    d.add_argument(
+        "--comfy-root",
+        default=DEFAULT_IMAGE_COMFY_ROOT,
+        metavar="DIR",
+        help=f"ComfyUI root inside the base image (default {DEFAULT_IMAGE_COMFY_ROOT})",
+    )
+    d.add_argument(
+        "--comfy-python",
+        default=DEFAULT_IMAGE_PYTHON,
+        metavar="PATH",
+        help=f"ComfyUI's Python in the base image (default {DEFAULT_IMAGE_PYTHON})",
+    )
+    d.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
+    d.set_defaults(func=cmd_dockerfile)
+
+
+def _check_store_uri(uri: str) -> None:
+    if uri and "@" in urlsplit(uri).netloc:
+        raise ConfigError(
+            "the --store URI carries credentials; they do not belong in a script",
+            hint="pass s3://bucket/prefix and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
+            "the instance environment",
+        )
+
+
+def _write(text: str, output: Path | None, *, executable: bool = False) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    if executable:
+        tmp.chmod(0o755)
+    tmp.replace(output)
+    print(f"wrote {output}", file=sys.stderr)
+
+
+def cmd_onstart(args: argparse.Namespace) -> int:
+    _check_store_uri(args.store)
+    text = render_onstart(
+        OnstartSettings(
+            profile=args.profile,
+            mode=args.mode,
+            verify=args.verify,
+            store=args.store,
+            package=args.package,
+            comfy_root=args.comfy_root,
+            comfy_url=args.comfy_url,
+            start_comfy=args.start_comfy,
+            warmup_workflow=args.warmup_workflow,
+            catalogs=tuple(args.catalog),
+            home=args.home,
+            via=args.via,
+            work_pool=args.work_pool,
+            fail_on_target=args.fail_on_target,
+        )
+    )
+    _write(text, args.output, executable=True)
+    return 0
+
+
+def cmd_dockerfile(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    catalog.profile_ids(args.profile)  # an unknown profile fails here, not in docker build
+    for path in args.catalog:
+        if path != BUILTIN_CATALOG and Path(path).is_absolute():
+            raise ConfigError(
+                f"catalog {path} is an absolute path; docker build can only COPY files from "
+                "its build context",
+                hint="put the catalog next to the Dockerfile and pass a relative path",
+            )
+    text = render_dockerfile(
+        DockerfileSettings(
+            profile=args.profile,
+            base_image=args.base_image,
+            build_python_image=args.build_python_image,
+            package=args.package,
+            comfy_root=args.comfy_root,
+            comfy_python=args.comfy_python,
+            catalogs=tuple(args.catalog),
+        )
+    )
+    _write(text, args.output)
+    return 0
