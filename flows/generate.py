@@ -1,0 +1,249 @@
+"""Prefect flow ``generate-batch``: a jobs table on one ComfyUI, outputs into the store.
+
+Thin on purpose: one task runs :func:`comfyfleet.generate.generate_from_file`, which keeps
+ComfyUI's queue full with its own threads (a Prefect task per job would add engine overhead
+between prompts and make ComfyUI idle). Jobs reach the UI as a throttled progress artifact
+while the batch runs, then as a table artifact (one row per job) and a markdown summary.
+
+The task retries (transient errors only: ComfyUI not up yet, store hiccups) by running the
+batch again: finished jobs are skipped from ``results.parquet``, so a retry only does what
+is left.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from comfyfleet.errors import ConfigError, is_transient
+from comfyfleet.fal import FalSettings
+from comfyfleet.generate import (
+    BatchEvent,
+    BatchReport,
+    VideoSettings,
+    default_batch_id,
+    generate_from_file,
+)
+from comfyfleet.store import ObjectStore, open_store
+
+PROGRESS_EVERY_S = 15.0
+PROGRESS_EVERY_PCT = 2.0
+
+
+def _artifact_key(prefix: str, batch_id: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", batch_id.lower()).strip("-") or "batch"
+    return f"{prefix}-{slug}"[:100]
+
+
+def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the failure we are asked to judge
+        return is_transient(exc)
+    return False
+
+
+def _open_store(store: str | None, store_block: str | None) -> ObjectStore:
+    if store_block:
+        from comfyfleet.cli.stores import load_store_block
+
+        return load_store_block(store_block)
+    return open_store(store)
+
+
+def _comfy_url(comfy_url: str | None, comfy_block: str | None) -> str:
+    if comfy_block:
+        from blocks import ComfyUIEndpoint
+
+        endpoint = cast(ComfyUIEndpoint, ComfyUIEndpoint.load(comfy_block, _sync=True))  # type: ignore[call-arg]
+        return str(endpoint.url)
+    if not comfy_url:
+        raise ConfigError(
+            "generate-batch needs comfy_url or comfy_block",
+            hint="pass the ComfyUI base URL, or the name of a comfyfleet-comfyui block",
+        )
+    return comfy_url
+
+
+def _fal_key(fal_block: str | None) -> str | None:
+    if not fal_block:
+        return None  # FalSettings falls back to $FAL_KEY
+    from blocks import FalCredentials
+
+    creds = cast(FalCredentials, FalCredentials.load(fal_block, _sync=True))  # type: ignore[call-arg]
+    return str(creds.key.get_secret_value())
+
+
+class _Progress:
+    """Throttled progress artifact: at most every 2 % or 15 s, never failing the batch."""
+
+    def __init__(self, key: str) -> None:
+        self._lock = threading.Lock()
+        self._id: Any = None
+        self._key = key
+        self._last_pct = -100.0
+        self._last_t = 0.0
+        self._broken = False
+
+    def __call__(self, event: BatchEvent) -> None:
+        if event.kind not in ("start", "finished") or self._broken or event.total <= 0:
+            return
+        pct = 100.0 * event.done / event.total
+        with self._lock:
+            now = time.monotonic()
+            final = event.done >= event.total
+            if not final and (
+                pct - self._last_pct < PROGRESS_EVERY_PCT and now - self._last_t < PROGRESS_EVERY_S
+            ):
+                return
+            self._last_pct, self._last_t = pct, now
+            try:
+                if self._id is None:
+                    self._id = create_progress_artifact(
+                        progress=pct, key=self._key, description="jobs finished (%)"
+                    )
+                else:
+                    update_progress_artifact(artifact_id=self._id, progress=pct)
+            except Exception as exc:  # noqa: BLE001 - the UI is a nicety, the batch is not
+                self._broken = True
+                get_run_logger().warning("progress artifact disabled: %s", exc)
+
+
+@task(
+    name="run-batch",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=_transient_only,
+)
+def run_batch_task(
+    jobs_file: str,
+    comfy_url: str,
+    store_uri: str | None,
+    store_block: str | None,
+    batch_id: str | None,
+    queue_depth: int,
+    retries: int,
+    comfy_root: str | None,
+    catalog: list[str],
+    fal_fallback: bool,
+    local_video: bool,
+    fal_block: str | None,
+    fal_url: str | None,
+) -> BatchReport:
+    logger = get_run_logger()
+    store = _open_store(store_uri, store_block)
+    batch = batch_id or default_batch_id(jobs_file)
+    # The key is read here, inside the task, so it never travels as a parameter.
+    video = VideoSettings(
+        local=local_video,
+        fal=fal_fallback,
+        fal_settings=FalSettings(
+            key=_fal_key(fal_block) if fal_fallback else None, base_url=fal_url
+        ),
+    )
+    progress = _Progress(_artifact_key("generate-progress", batch))
+
+    def on_event(event: BatchEvent) -> None:
+        progress(event)
+        if event.kind == "finished" and event.result is not None and event.result.error:
+            logger.warning("job %s %s: %s", event.job_id, event.result.status, event.result.error)
+
+    report = generate_from_file(
+        jobs_file,
+        comfy_url=comfy_url,
+        store=store,
+        batch_id=batch,
+        queue_depth=queue_depth,
+        retries=retries,
+        comfy_root=comfy_root,
+        catalog_paths=catalog,
+        video=video,
+        on_event=on_event,
+    )
+    c = report.counts
+    logger.info(
+        "batch %s: %d ok, %d failed, %d skipped in %.1f s (ComfyUI busy %.0f%%)",
+        report.batch_id,
+        c["ok"],
+        c["failed"],
+        c["skipped"],
+        report.wall_seconds,
+        100 * report.utilisation,
+    )
+    return report
+
+
+@flow(name="generate-batch")
+def generate_batch(
+    jobs_file: str,
+    comfy_url: str | None = None,
+    comfy_block: str | None = None,
+    store: str | None = None,
+    store_block: str | None = None,
+    batch_id: str | None = None,
+    queue_depth: int = 2,
+    retries: int = 2,
+    comfy_root: str | None = None,
+    catalog: list[str] | None = None,
+    fal_fallback: bool = True,
+    local_video: bool = True,
+    fal_block: str | None = None,
+    fal_url: str | None = None,
+) -> dict[str, Any]:
+    """Run JOBS_FILE on ComfyUI (``comfy_url`` or a ``comfyfleet-comfyui`` block), outputs to
+    the store (URI or ``comfyfleet-store`` block); video stages fall back to fal.ai
+    (key from a ``comfyfleet-fal-credentials`` block or ``$FAL_KEY``)."""
+    url = _comfy_url(comfy_url, comfy_block)
+    report = run_batch_task(
+        jobs_file,
+        url,
+        store,
+        store_block,
+        batch_id,
+        queue_depth,
+        retries,
+        comfy_root,
+        list(catalog or []),
+        fal_fallback,
+        local_video,
+        fal_block,
+        fal_url,
+    )
+    create_table_artifact(
+        table=report.table(),
+        key=_artifact_key("generate-jobs", report.batch_id),
+        description=f"jobs of batch {report.batch_id}",
+    )
+    create_markdown_artifact(
+        markdown=report.markdown(),
+        key=_artifact_key("generate-summary", report.batch_id),
+        description=f"summary of batch {report.batch_id}",
+    )
+    summary = {
+        "batch_id": report.batch_id,
+        "counts": report.counts,
+        "wall_seconds": round(report.wall_seconds, 3),
+        "utilisation": round(report.utilisation, 4),
+        "results": f"{report.store_uri}/{report.results_key}",
+        "stopped": report.stopped or None,
+    }
+    if not report.ok:
+        failed = [r.id for r in report.results if r.status == "failed"]
+        raise RuntimeError(
+            f"batch {report.batch_id}: {len(failed)} job(s) failed "
+            f"({', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}); "
+            "rerun the flow with the same batch_id to retry only those"
+        )
+    return summary
