@@ -16,7 +16,15 @@ from comfyfleet.errors import ComfyfleetError, ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from comfyfleet.cli import catalog_cmd, generate_cmd, render_cmd, store_cmd, warmup_cmd
+    from comfyfleet.cli import (
+        catalog_cmd,
+        generate_cmd,
+        lora_cmd,
+        mirror_cmd,
+        render_cmd,
+        store_cmd,
+        warmup_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="comfyfleet",
@@ -24,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"comfyfleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (catalog_cmd, store_cmd, generate_cmd, warmup_cmd, render_cmd):
+    for module in (
+        catalog_cmd,
+        store_cmd,
+        mirror_cmd,
+        lora_cmd,
+        generate_cmd,
+        warmup_cmd,
+        render_cmd,
+    ):
         module.register(sub)
     return parser
 
