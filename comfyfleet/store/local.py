@@ -217,7 +217,11 @@ class LocalStore:
     def _place(self, tmp: Path, dest: Path, *, exclusive: bool) -> None:
         """Move a finished temp file to ``dest``; ``exclusive`` refuses an existing ``dest``."""
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError as exc:
+                # An object already sits where a directory is needed ("a" vs "a/b").
+                raise NotADirectoryError(errno.ENOTDIR, "parent is an object", str(dest)) from exc
             if exclusive:
                 # link() fails if dest exists: of two racing writers exactly one wins.
                 os.link(tmp, dest)
@@ -282,9 +286,18 @@ class LocalStore:
     def get_range(self, key: str, start: int, end: int) -> bytes:
         start, end = clamp_range(start, end)
         with self._translate("read", key):
-            self._stat_object(key)
+            end = min(end, self._stat_object(key).st_size)
+            if end <= start:
+                return b""
+            out = bytearray()
             with open(self._path(key), "rb") as f:
-                return os.pread(f.fileno(), end - start, start) if end > start else b""
+                # pread may return less than asked (Linux caps one read near 2 GiB).
+                while len(out) < end - start:
+                    chunk = os.pread(f.fileno(), end - start - len(out), start + len(out))
+                    if not chunk:
+                        break  # truncated underneath us; return what exists
+                    out += chunk
+            return bytes(out)
 
     def iter_bytes(
         self, key: str, start: int = 0, chunk_size: int = 8 * 1024 * 1024

@@ -406,6 +406,8 @@ class S3Store:
                 return data
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``, streamed page by page in the server's order: byte order
+        on AWS; SeaweedFS walks directories instead (``a/b`` before ``a-c``)."""
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
         return self._list(full_prefix, prefix)
 
@@ -548,22 +550,27 @@ class S3MultipartUpload:
 
     def list_parts(self) -> list[PartInfo]:
         store = self._store
-        parts: list[PartInfo] = []
+        # SeaweedFS lists every upload of a re-sent part number (newest first); S3 keeps only
+        # the last one. Keep the newest per number so both look the same.
+        latest: dict[int, tuple[Any, PartInfo]] = {}
         paginator = store._client.get_paginator("list_parts")
         with store._translate("list parts of", self._key):
             for page in paginator.paginate(
                 Bucket=store.bucket, Key=self._full, UploadId=self._upload_id
             ):
                 for part in page.get("Parts", []):
-                    parts.append(
-                        PartInfo(
-                            number=int(part["PartNumber"]),
-                            etag=_strip_etag(part.get("ETag")),
-                            size=int(part["Size"]),
-                        )
+                    info = PartInfo(
+                        number=int(part["PartNumber"]),
+                        etag=_strip_etag(part.get("ETag")),
+                        size=int(part["Size"]),
                     )
-        parts.sort(key=lambda p: p.number)
-        return parts
+                    modified = part.get("LastModified")
+                    seen = latest.get(info.number)
+                    if seen is None or (
+                        modified is not None and seen[0] is not None and modified > seen[0]
+                    ):
+                        latest[info.number] = (modified, info)
+        return [latest[n][1] for n in sorted(latest)]
 
     def complete(self, parts: list[PartInfo]) -> ObjectInfo:
         store = self._store

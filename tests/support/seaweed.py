@@ -255,7 +255,7 @@ def s3_bucket(s3_server: SeaweedServer) -> str:
 
 @pytest.fixture
 def s3_store(s3_server: SeaweedServer, s3_bucket: str) -> Any:
-    """An ``S3Store`` on a fresh bucket, under a random prefix (so prefix handling is exercised)."""
+    """An ``S3Store`` on a fresh bucket under a random prefix, listing 7 keys per page."""
     from comfyfleet.store.s3 import S3Store
 
     return S3Store(
@@ -265,6 +265,7 @@ def s3_store(s3_server: SeaweedServer, s3_bucket: str) -> Any:
         access_key_id=s3_server.access_key,
         secret_access_key=s3_server.secret_key,
         region=s3_server.region,
+        list_page_size=7,  # small pages, so every listing in the tests pages
     )
 
 
