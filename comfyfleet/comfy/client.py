@@ -1,0 +1,1104 @@
+"""ComfyUI client: HTTP for requests, one shared WebSocket for progress, /history for truth.
+
+The one boundary where httpx and websockets errors become comfyfleet errors:
+
+* a connection refused, reset or timed out    -> :class:`ComfyConnectionError` (transient)
+* ``POST /prompt`` answering 400 (or 200 with dropped outputs) -> :class:`ComfyValidationError`
+  listing every ``node_errors`` entry (node id, class, input, message)
+* an ``execution_error``                      -> :class:`ComfyExecutionError`
+* an ``execution_interrupted``                -> :class:`ComfyInterrupted`
+* no result within the caller's timeout       -> :class:`ComfyTimeout` (transient)
+* an input image that is not PNG/JPEG/WebP or too big -> :class:`InputImageError`
+
+Completion follows ComfyUI's contract (reference/comfyui-api.md §2): a prompt is finished
+only at ``executing`` with ``node: null`` for its id, which ComfyUI sends after writing the
+history entry. The socket is an accelerator, not the source of truth: a dropped socket, a
+reconnect gap or a prompt submitted by someone else all fall back to ``GET /history/<id>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from comfyfleet.errors import (
+    ComfyConnectionError,
+    ComfyError,
+    ComfyExecutionError,
+    ComfyInterrupted,
+    ComfyTimeout,
+    ComfyValidationError,
+    NodeError,
+)
+
+from .images import DEFAULT_MAX_IMAGE_BYTES, content_name, display_source, load_image_source
+from .ws import CONNECTION_EVENT, EventListener, ProgressEvent
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+# HTTP /models/<folder> knows only the current folder keys; these legacy names answer 404.
+LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
+
+# Where a model folder shows up in /object_info when /models/<folder> does not list it
+# (custom-node folders on older servers): (node class, input name).
+FOLDER_LOADERS: dict[str, tuple[str, str]] = {
+    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+    "loras": ("LoraLoader", "lora_name"),
+    "vae": ("VAELoader", "vae_name"),
+    "diffusion_models": ("UNETLoader", "unet_name"),
+    "text_encoders": ("CLIPLoader", "clip_name"),
+    "clip_vision": ("CLIPVisionLoader", "clip_name"),
+    "animatediff_models": ("ADE_AnimateDiffLoaderGen1", "model_name"),
+    "upscale_models": ("UpscaleModelLoader", "model_name"),
+    "controlnet": ("ControlNetLoader", "control_net_name"),
+}
+
+# (class, input) -> model folder, for hints when a chosen file is not listed.
+MODEL_INPUT_FOLDERS: dict[tuple[str, str], str] = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("VAELoader", "vae_name"): "vae",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("ADE_AnimateDiffLoaderGen1", "model_name"): "animatediff_models",
+}
+_MODEL_EXTENSIONS = (
+    ".safetensors",
+    ".ckpt",
+    ".pt",
+    ".pt2",
+    ".bin",
+    ".pth",
+    ".pkl",
+    ".sft",
+    ".gguf",
+)
+
+# WebSocket message types that reach the caller's progress callback.
+_PROGRESS_TYPES = frozenset(
+    {
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "progress",
+        "executed",
+        "execution_success",
+    }
+)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class UploadedImage:
+    """A file in ComfyUI's input (or temp/output) directory, as /upload/image named it."""
+
+    name: str
+    subfolder: str
+    type: str
+
+    @property
+    def ref(self) -> str:
+        """The value for ``LoadImage.image``: ``subfolder/name`` or ``name``."""
+        ref = f"{self.subfolder}/{self.name}" if self.subfolder else self.name
+        # LoadImage reads the input dir unless the value carries an annotation.
+        return ref if self.type == "input" else f"{ref} [{self.type}]"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file a prompt produced, as listed in its history entry.
+
+    ``kind`` is the history key it came under (``images``, ``gifs`` for VideoHelperSuite,
+    ``audio``, ...), except that entries of a node that also reports ``animated: [true]``
+    (SaveAnimatedWEBP/PNG, SaveWEBM, SaveVideo) get ``animated``: ComfyUI lists videos
+    under ``images``.
+    """
+
+    node_id: str
+    filename: str
+    subfolder: str
+    type: str
+    kind: str
+    format: str = ""  # VHS_VideoCombine's format, e.g. "video/h264-mp4"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind in ("animated", "gifs", "video") or self.filename.lower().endswith(
+            (".mp4", ".webm", ".mkv", ".mov", ".gif")
+        )
+
+
+@dataclass
+class PromptResult:
+    """A finished prompt: its output files, execution time and the nodes served from cache.
+
+    ``seconds`` is ComfyUI's own execution time (``execution_start`` to
+    ``execution_success`` timestamps) when it reported them, else the time we waited.
+    """
+
+    prompt_id: str
+    outputs: list[OutputFile]
+    seconds: float
+    cached_nodes: list[str]
+    raw_outputs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def parse_outputs(outputs: Mapping[str, Any]) -> list[OutputFile]:
+    """Every file in a history ``outputs`` dict (or the ``executed`` outputs collected)."""
+    files: list[OutputFile] = []
+    for node_id, ui in outputs.items():
+        if not isinstance(ui, Mapping):
+            continue
+        animated = ui.get("animated")
+        is_animated = isinstance(animated, list | tuple) and any(bool(a) for a in animated)
+        for key, items in ui.items():
+            if key == "animated" or not isinstance(items, list | tuple):
+                continue
+            for item in items:
+                if not isinstance(item, Mapping) or "filename" not in item:
+                    continue
+                kind = "animated" if key == "images" and is_animated else str(key)
+                files.append(
+                    OutputFile(
+                        node_id=str(node_id),
+                        filename=str(item["filename"]),
+                        subfolder=str(item.get("subfolder") or ""),
+                        type=str(item.get("type") or "output"),
+                        kind=kind,
+                        format=str(item.get("format") or ""),
+                    )
+                )
+    return files
+
+
+# ---------------------------------------------------------------- error translation
+
+
+def _node_errors(raw: Any) -> list[NodeError]:
+    found: list[NodeError] = []
+    if not isinstance(raw, Mapping):
+        return found
+    for node_id, entry in raw.items():
+        if not isinstance(entry, Mapping):
+            continue
+        class_type = str(entry.get("class_type") or "")
+        for err in entry.get("errors") or []:
+            if not isinstance(err, Mapping):
+                continue
+            extra = err.get("extra_info") if isinstance(err.get("extra_info"), Mapping) else {}
+            input_name = str((extra or {}).get("input_name") or "")
+            found.append(
+                NodeError(
+                    node_id=str(node_id),
+                    class_type=class_type,
+                    input_name=input_name,
+                    message=str(err.get("message") or err.get("type") or "invalid"),
+                    details=str(err.get("details") or ""),
+                )
+            )
+    return found
+
+
+def _validation_hint(errors: list[NodeError], error_type: str) -> str:
+    for e in errors:
+        folder = MODEL_INPUT_FOLDERS.get((e.class_type, e.input_name))
+        if folder and "not in list" in e.message.lower():
+            return (
+                f"the model file is not in ComfyUI's models/{folder}: pull it there "
+                "(comfyfleet warmup) or pick a listed file"
+            )
+        if e.class_type == "LoadImage" and e.input_name == "image":
+            return "upload the image first (ComfyClient.upload_image) and use the name it returns"
+        if "does not exist" in e.message:
+            return "install the custom nodes that provide this class, or use another workflow"
+    if error_type == "prompt_no_outputs":
+        return "add an output node (SaveImage, SaveAnimatedWEBP, VHS_VideoCombine, ...)"
+    return "fix the listed inputs in the workflow (see ComfyUI's /object_info for valid values)"
+
+
+def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationError:
+    """A :class:`ComfyValidationError` from a ``/prompt`` answer (400 body, or 200 with
+    ``node_errors`` when ComfyUI dropped the invalid outputs)."""
+    body = answer if isinstance(answer, Mapping) else {}
+    error = body.get("error")
+    error_type, message, details = "", "", ""
+    if isinstance(error, Mapping):
+        error_type = str(error.get("type") or "")
+        message = str(error.get("message") or "")
+        details = str(error.get("details") or "")
+    elif isinstance(error, str):
+        message = error
+    errors = _node_errors(body.get("node_errors"))
+    if not errors and error_type == "invalid_prompt":
+        # Prompt-level error: "Cannot execute because node X does not exist." / "Node ID '#3'"
+        node_id = details.removeprefix("Node ID '#").rstrip("'") if details else ""
+        class_type = ""
+        if message.startswith("Cannot execute because node ") and message.endswith(
+            " does not exist."
+        ):
+            class_type = message[len("Cannot execute because node ") : -len(" does not exist.")]
+        errors = [NodeError(node_id, class_type, "", message)]
+    if accepted:
+        summary = "ComfyUI accepted the workflow but dropped the outputs that failed validation"
+    else:
+        summary = f"ComfyUI rejected the workflow: {message or 'validation failed'}"
+        if details and not errors:
+            summary += f" ({details})"
+    return ComfyValidationError(
+        summary, node_errors=errors, hint=_validation_hint(errors, error_type)
+    )
+
+
+def _execution_hint(exception_type: str, message: str) -> str | None:
+    text = f"{exception_type} {message}".lower()
+    if "safetensor" in text or "header too small" in text or "incomplete" in text:
+        return (
+            "a model file is truncated or corrupt: re-pull it (comfyfleet warmup verifies sha256)"
+        )
+    if "outofmemory" in text or "out of memory" in text:
+        return "not enough VRAM: lower the resolution/frames, or free() models between stages"
+    return None
+
+
+# ---------------------------------------------------------------- per-prompt tracking
+
+
+@dataclass
+class _Track:
+    """What the WebSocket has told us about one prompt so far."""
+
+    started: float | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    cached: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    success: bool = False
+    error: dict[str, Any] | None = None
+    interrupted: dict[str, Any] | None = None
+
+
+class ComfyClient:
+    """Talks to one ComfyUI server. Thread-safe: many threads may submit and wait at once.
+
+    ``poll_interval`` is how often /history is polled while the WebSocket is down;
+    ``idle_poll`` how long a prompt may be silent before /history is checked anyway;
+    ``reconnect_timeout`` how long ComfyUI may stay unreachable during a wait before
+    :class:`ComfyConnectionError` is raised.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_id: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        poll_interval: float = 1.0,
+        idle_poll: float = 15.0,
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        base = base_url.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            base = "http://" + base
+        self.base_url = base
+        self.client_id = client_id or uuid.uuid4().hex
+        self.timeout = timeout
+        self.max_image_bytes = max_image_bytes
+        self.poll_interval = poll_interval
+        self.idle_poll = idle_poll
+        self.reconnect_timeout = reconnect_timeout
+        self._own_http = http is None
+        self._http = http or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        ws_base = "ws" + base[len("http") :]
+        self._listener = EventListener(
+            f"{ws_base}/ws?clientId={quote(self.client_id)}", open_timeout=min(timeout, 10.0)
+        )
+        self._lock = threading.Lock()
+        self._object_info: dict[str, Any] | None = None
+        self._late: set[str] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the WebSocket and (if we made it) the HTTP client."""
+        self._closed = True
+        self._listener.close()
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> ComfyClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ComfyClient({self.base_url!r}, client_id={self.client_id!r})"
+
+    # ------------------------------------------------------------ HTTP boundary
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        url = self.base_url + path
+        try:
+            response = self._http.request(
+                method, url, timeout=timeout if timeout is not None else self.timeout, **kwargs
+            )
+        except httpx.TimeoutException as exc:
+            raise ComfyConnectionError(
+                f"ComfyUI at {self.base_url} did not answer {method} {_path_only(path)} "
+                f"in time ({type(exc).__name__})",
+                hint="ComfyUI may be busy loading models or stuck; check its log",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ComfyConnectionError(
+                f"cannot reach ComfyUI at {self.base_url}: {type(exc).__name__}: {exc}",
+                hint="is ComfyUI running and listening there? check --comfy-url",
+            ) from exc
+        if response.status_code in (502, 503, 504):
+            raise ComfyConnectionError(
+                f"ComfyUI at {self.base_url} answered HTTP {response.status_code} to "
+                f"{method} {_path_only(path)}",
+                hint="a proxy in front of ComfyUI cannot reach it; retry shortly",
+            )
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise ComfyError(
+                f"ComfyUI answered HTTP {response.status_code} to {method} {_path_only(path)}: "
+                f"{response.text[:200].strip()}"
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyError(
+                f"ComfyUI answered {method} {_path_only(path)} with something that is not JSON"
+            ) from exc
+
+    def _listener_started(self) -> EventListener:
+        if self._closed:
+            raise ComfyError("this ComfyClient is closed")
+        self._listener.start()
+        return self._listener
+
+    # ------------------------------------------------------------ server facts
+
+    def system_stats(self) -> dict[str, Any]:
+        """``GET /system_stats``: versions, RAM, and per device ``vram_total``/``vram_free``."""
+        stats = self._json("GET", "/system_stats")
+        return dict(stats) if isinstance(stats, Mapping) else {}
+
+    def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> dict[str, Any]:
+        """Poll ``/system_stats`` until ComfyUI answers; returns the stats.
+
+        Raises :class:`ComfyTimeout` naming the last failure when it does not answer in time.
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._system_stats_once(min(max(remaining, 0.1), 10.0))
+            except ComfyError as exc:
+                last = exc.message
+            if time.monotonic() + interval > deadline:
+                raise ComfyTimeout(
+                    f"ComfyUI at {self.base_url} was not ready within {timeout:g} s ({last})",
+                    hint="check that ComfyUI started (its log) and listens on this address",
+                )
+            time.sleep(interval)
+
+    def _system_stats_once(self, timeout: float) -> dict[str, Any]:
+        stats = self._json("GET", "/system_stats", timeout=timeout)
+        return dict(stats) if isinstance(stats, Mapping) else {}
+
+    def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """``GET /object_info`` (every node class) or ``/object_info/<class>`` ({} if unknown)."""
+        path = "/object_info" if node_class is None else f"/object_info/{quote(node_class)}"
+        info = self._json("GET", path)
+        info = dict(info) if isinstance(info, Mapping) else {}
+        if node_class is None:
+            with self._lock:
+                self._object_info = info
+        return info
+
+    def _node_catalog(self) -> dict[str, Any]:
+        with self._lock:
+            cached = self._object_info
+        return cached if cached is not None else self.object_info()
+
+    def list_models(self, folder: str) -> list[str]:
+        """Model files ComfyUI lists for a folder key (``checkpoints``, ``loras``, ...).
+
+        Legacy names (``unet``, ``clip``) are mapped; folders the HTTP route does not know are
+        read from the loader node's choices in ``/object_info``.
+        """
+        key = LEGACY_FOLDERS.get(folder, folder)
+        response = self._request("GET", f"/models/{quote(key)}")
+        if response.status_code == 200:
+            try:
+                names = response.json()
+            except ValueError as exc:
+                raise ComfyError(f"ComfyUI's /models/{key} answer is not JSON") from exc
+            return [str(n) for n in names] if isinstance(names, list) else []
+        loader = FOLDER_LOADERS.get(key)
+        if response.status_code == 404 and loader is not None:
+            info = self.object_info(loader[0]).get(loader[0])
+            if isinstance(info, Mapping):
+                return combo_options(_input_spec(info, loader[1])) or []
+        raise ComfyError(
+            f"ComfyUI does not know the model folder '{folder}' (HTTP {response.status_code})",
+            hint="GET /models lists the folder keys this ComfyUI has",
+        )
+
+    def refresh_models(
+        self, *, expect: Mapping[str, Iterable[str]] | None = None, timeout: float = 10.0
+    ) -> None:
+        """Make ComfyUI re-scan its model folders and forget our cached ``/object_info``.
+
+        ComfyUI re-lists a folder when its mtime changed, on the next request that reads it,
+        so re-reading ``/object_info`` is the refresh. With ``expect`` (folder -> file names)
+        wait until every file is listed, or raise :class:`ComfyError` naming the missing ones.
+        """
+        with self._lock:
+            self._object_info = None
+        self.object_info()
+        if not expect:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [
+                f"{folder}/{name}"
+                for folder, names in expect.items()
+                for name in names
+                if name not in set(self.list_models(folder))
+            ]
+            if not missing:
+                with self._lock:
+                    self._object_info = None
+                return
+            if time.monotonic() >= deadline:
+                raise ComfyError(
+                    f"ComfyUI does not list {', '.join(missing)} after {timeout:g} s",
+                    hint="check that the files are under ComfyUI's models dir or an "
+                    "extra_model_paths.yaml entry",
+                )
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------ input images
+
+    def upload_image(self, source: str | Path | bytes, *, overwrite: bool = False) -> UploadedImage:
+        """Upload an image (URL, path or bytes) to ComfyUI's input dir; returns its name.
+
+        The name is the content hash, so the same image is stored once: ComfyUI reuses an
+        existing file with identical bytes. Non-images and oversize files raise
+        :class:`InputImageError` before anything is sent.
+        """
+        data, mime, ext = load_image_source(
+            source, max_bytes=self.max_image_bytes, http=self._http, timeout=self.timeout
+        )
+        name = content_name(data, ext)
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (name, data, mime)},
+            data={"type": "input", "subfolder": "", "overwrite": "true" if overwrite else "false"},
+        )
+        if response.status_code != 200:
+            raise ComfyError(
+                f"ComfyUI refused the upload of {display_source(source)} as {name}: "
+                f"HTTP {response.status_code} {response.text[:200].strip()}",
+                hint="check ComfyUI's --max-upload-size and its input directory permissions",
+            )
+        try:
+            answer = response.json()
+            return UploadedImage(
+                name=str(answer["name"]),
+                subfolder=str(answer.get("subfolder") or ""),
+                type=str(answer.get("type") or "input"),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ComfyError(
+                f"ComfyUI's /upload/image answer has no name: {response.text[:200]}"
+            ) from exc
+
+    # ------------------------------------------------------------ workflows
+
+    def check_workflow(self, workflow: Mapping[str, Any]) -> None:
+        """Check a workflow against ``/object_info`` before submitting it.
+
+        Catches what would otherwise fail late or vaguely: node types that are not installed,
+        required inputs that are missing, links to nodes that are not there, and choices
+        (model files above all) that this ComfyUI does not list. Raises
+        :class:`ComfyValidationError` listing every problem. Uploaded images are left to
+        ComfyUI's own check (the cached node list predates the upload).
+        """
+        if not isinstance(workflow, Mapping) or not workflow:
+            raise ComfyValidationError(
+                "the workflow is empty or not an API-format dict of nodes",
+                hint="export it from ComfyUI with 'Save (API Format)'",
+            )
+        catalog = self._node_catalog()
+        problems: list[NodeError] = []
+        for node_id, node in workflow.items():
+            nid = str(node_id)
+            if not isinstance(node, Mapping) or "class_type" not in node:
+                problems.append(NodeError(nid, "", "", "node has no class_type"))
+                continue
+            class_type = str(node["class_type"])
+            info = catalog.get(class_type)
+            if not isinstance(info, Mapping):
+                problems.append(
+                    NodeError(nid, class_type, "", "node type is not installed in this ComfyUI")
+                )
+                continue
+            inputs = node.get("inputs") if isinstance(node.get("inputs"), Mapping) else {}
+            problems.extend(_check_node(nid, class_type, info, inputs or {}, workflow))
+        if problems:
+            raise ComfyValidationError(
+                f"the workflow does not fit the ComfyUI at {self.base_url}",
+                node_errors=problems,
+                hint=_check_hint(problems),
+            )
+
+    def submit(self, workflow: Mapping[str, Any], *, front: bool = False) -> str:
+        """Queue a workflow; returns its prompt id.
+
+        The WebSocket is connected first (ComfyUI does not buffer events) and the prompt id is
+        chosen here, so no event can arrive before we listen for it.
+        """
+        listener = self._listener_started()
+        prompt_id = str(uuid.uuid4())
+        listener.watch(prompt_id)
+        body: dict[str, Any] = {
+            "prompt": workflow,
+            "client_id": self.client_id,
+            "prompt_id": prompt_id,
+        }
+        if front:
+            body["front"] = True
+        try:
+            response = self._request("POST", "/prompt", json=body)
+        except BaseException:
+            listener.unwatch(prompt_id)
+            raise
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code == 400:
+            listener.unwatch(prompt_id)
+            raise validation_error(answer)
+        if response.status_code != 200 or not isinstance(answer, Mapping):
+            listener.unwatch(prompt_id)
+            raise ComfyError(
+                f"ComfyUI answered HTTP {response.status_code} to POST /prompt: "
+                f"{response.text[:200].strip()}",
+                hint="a 500 usually means the request body was not valid JSON",
+            )
+        queued_id = str(answer.get("prompt_id") or prompt_id)
+        if queued_id != prompt_id:
+            # An older ComfyUI ignored our id: events before now may be lost, poll first.
+            listener.unwatch(prompt_id)
+            listener.watch(queued_id)
+            with self._lock:
+                self._late.add(queued_id)
+        if answer.get("node_errors"):
+            # Partially valid: ComfyUI silently drops the invalid outputs. Not what was asked.
+            self._cancel(queued_id)
+            listener.unwatch(queued_id)
+            raise validation_error(answer, accepted=True)
+        return queued_id
+
+    def _cancel(self, prompt_id: str) -> None:
+        with contextlib.suppress(ComfyError):
+            self._request("POST", "/queue", json={"delete": [prompt_id]})
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def run(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> PromptResult:
+        """Submit a workflow and wait for its result."""
+        return self.wait(self.submit(workflow), timeout=timeout, on_progress=on_progress)
+
+    def wait(
+        self,
+        prompt_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> PromptResult:
+        """Wait until a prompt finished; returns its outputs or raises what went wrong.
+
+        Safe to call from many threads for different prompt ids; ``on_progress`` runs on the
+        calling thread.
+        """
+        listener = self._listener_started()
+        with self._lock:
+            late = prompt_id in self._late
+        registered = listener.is_watched(prompt_id)
+        q = listener.watch(prompt_id)
+        track = _Track()
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
+        generation = listener.generation
+        # Not submitted through this client (or id changed): events may have passed already.
+        poll_now = late or not registered or not listener.connected
+        last_heard = began
+        last_poll = float("-inf")
+        unreachable_since: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise ComfyTimeout(
+                        f"prompt {prompt_id} did not finish within {timeout:g} s",
+                        hint="it may still be queued or running in ComfyUI: raise the timeout, "
+                        "or interrupt it",
+                    )
+                connected = listener.connected
+                due = (
+                    poll_now
+                    or (not connected and now - last_poll >= self.poll_interval)
+                    or now - max(last_heard, last_poll) >= self.idle_poll
+                )
+                if due:
+                    check_queue = poll_now or not connected
+                    poll_now = False
+                    last_poll = now
+                    try:
+                        entry = self._poll_history(prompt_id, check_queue=check_queue)
+                        unreachable_since = None
+                    except ComfyConnectionError:
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since >= self.reconnect_timeout:
+                            raise
+                        entry = None
+                    if entry is not None:
+                        return self._finish(prompt_id, track, entry, began)
+                wait_for = self.poll_interval
+                if deadline is not None:
+                    wait_for = max(0.0, min(wait_for, deadline - now))
+                try:
+                    message = q.get(timeout=wait_for)
+                except queue.Empty:
+                    continue
+                last_heard = time.monotonic()
+                kind = message.get("type")
+                data = message.get("data") or {}
+                if kind == CONNECTION_EVENT:
+                    if data.get("connected") and data.get("generation") != generation:
+                        generation = int(data.get("generation") or 0)
+                        poll_now = True  # events during the gap are lost: ask history
+                    elif not data.get("connected"):
+                        poll_now = True
+                    continue
+                if self._absorb(track, str(kind), data):
+                    entry = self._history_quiet(prompt_id)
+                    return self._finish(prompt_id, track, entry, began)
+                if on_progress is not None and kind in _PROGRESS_TYPES:
+                    on_progress(_progress_event(prompt_id, str(kind), data))
+        finally:
+            listener.unwatch(prompt_id)
+            with self._lock:
+                self._late.discard(prompt_id)
+
+    @staticmethod
+    def _absorb(track: _Track, kind: str, data: Mapping[str, Any]) -> bool:
+        """Record one message; True when it is the final ``executing`` (node null)."""
+        if kind == "execution_start":
+            track.started = time.monotonic()
+            track.start_ms = _int_or_none(data.get("timestamp"))
+        elif kind == "execution_cached":
+            track.cached = [str(n) for n in data.get("nodes") or []]
+        elif kind == "executed":
+            node = data.get("node")
+            if node is not None and isinstance(data.get("output"), Mapping):
+                track.outputs[str(node)] = dict(data["output"])
+        elif kind == "execution_success":
+            track.success = True
+            track.end_ms = _int_or_none(data.get("timestamp"))
+        elif kind == "execution_error":
+            track.error = dict(data)
+        elif kind == "execution_interrupted":
+            track.interrupted = dict(data)
+        elif kind == "executing" and "node" in data and data.get("node") is None:
+            return True
+        return False
+
+    def _poll_history(self, prompt_id: str, *, check_queue: bool) -> dict[str, Any] | None:
+        """The history entry, or None while queued/running.
+
+        With ``check_queue``, a prompt in neither queue nor history is reported lost
+        (ComfyUI restarted, or someone deleted it): waiting longer would never end.
+        """
+        in_queue = True
+        if check_queue:
+            in_queue = prompt_id in self._queued_ids()
+        entry = self._history_entry(prompt_id)
+        if entry is None and not in_queue:
+            raise ComfyConnectionError(
+                f"prompt {prompt_id} is neither queued nor in ComfyUI's history",
+                hint="ComfyUI restarted or the prompt was deleted from its queue; resubmit it",
+            )
+        return entry
+
+    def _queued_ids(self) -> set[str]:
+        answer = self._json("GET", "/queue")
+        ids: set[str] = set()
+        if isinstance(answer, Mapping):
+            for key in ("queue_running", "queue_pending"):
+                for item in answer.get(key) or []:
+                    if isinstance(item, list | tuple) and len(item) > 1:
+                        ids.add(str(item[1]))
+        return ids
+
+    def _history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        answer = self._json("GET", f"/history/{quote(prompt_id)}")
+        if isinstance(answer, Mapping):
+            entry = answer.get(prompt_id)
+            if isinstance(entry, Mapping):
+                return dict(entry)
+        return None
+
+    def _history_quiet(self, prompt_id: str) -> dict[str, Any] | None:
+        try:
+            return self._history_entry(prompt_id)
+        except ComfyError:
+            return None  # the WebSocket already told us everything needed
+
+    def _finish(
+        self,
+        prompt_id: str,
+        track: _Track,
+        entry: Mapping[str, Any] | None,
+        began: float,
+    ) -> PromptResult:
+        error, interrupted = track.error, track.interrupted
+        outputs: Mapping[str, Any] = track.outputs
+        cached = track.cached
+        start_ms, end_ms = track.start_ms, track.end_ms
+        status_str = "success" if track.success else ""
+        if entry is not None:
+            raw = entry.get("outputs")
+            if isinstance(raw, Mapping) and (raw or not outputs):
+                outputs = raw
+            status = entry.get("status") if isinstance(entry.get("status"), Mapping) else {}
+            status_str = str((status or {}).get("status_str") or status_str)
+            for item in (status or {}).get("messages") or []:
+                if not (isinstance(item, list | tuple) and len(item) == 2):
+                    continue
+                name, data = item
+                if not isinstance(data, Mapping):
+                    continue
+                if name == "execution_start":
+                    start_ms = _int_or_none(data.get("timestamp")) or start_ms
+                elif name == "execution_cached":
+                    cached = [str(n) for n in data.get("nodes") or []]
+                elif name == "execution_success":
+                    end_ms = _int_or_none(data.get("timestamp")) or end_ms
+                elif name == "execution_error":
+                    error = dict(data)
+                elif name == "execution_interrupted":
+                    interrupted = dict(data)
+        if error is not None:
+            message = str(error.get("exception_message") or "")
+            exception_type = str(error.get("exception_type") or "")
+            raise ComfyExecutionError(
+                prompt_id=prompt_id,
+                node_id=str(error.get("node_id") or ""),
+                node_type=str(error.get("node_type") or ""),
+                exception_message=message,
+                exception_type=exception_type,
+                hint=_execution_hint(exception_type, message),
+            )
+        if interrupted is not None:
+            raise ComfyInterrupted(
+                f"prompt {prompt_id} was interrupted in node {interrupted.get('node_id')} "
+                f"({interrupted.get('node_type')})",
+                hint="an /interrupt stopped it; resubmit to run it again",
+            )
+        if status_str == "error":
+            raise ComfyError(f"prompt {prompt_id} failed in ComfyUI (history status 'error')")
+        if start_ms is not None and end_ms is not None and end_ms >= start_ms:
+            seconds = (end_ms - start_ms) / 1000.0
+        else:
+            seconds = time.monotonic() - (track.started or began)
+        return PromptResult(
+            prompt_id=prompt_id,
+            outputs=parse_outputs(outputs),
+            seconds=seconds,
+            cached_nodes=cached,
+            raw_outputs=dict(outputs),
+        )
+
+    # ------------------------------------------------------------ outputs
+
+    def fetch_output(self, f: OutputFile) -> bytes:
+        """The bytes of an output file (``GET /view``)."""
+        response = self._request("GET", "/view", params=_view_params(f))
+        _check_view(response.status_code, f)
+        return response.content
+
+    def download_output(self, f: OutputFile, dest: str | Path) -> int:
+        """Stream an output file to ``dest`` (via ``dest.part`` and an atomic rename)."""
+        target = Path(dest)
+        part = target.with_name(target.name + ".part")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        try:
+            with self._http.stream(
+                "GET", self.base_url + "/view", params=_view_params(f), timeout=self.timeout
+            ) as response:
+                _check_view(response.status_code, f)
+                with part.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(part, target)
+        except httpx.HTTPError as exc:
+            raise ComfyConnectionError(
+                f"download of output {f.ref} from ComfyUI at {self.base_url} failed: "
+                f"{type(exc).__name__}"
+            ) from exc
+        finally:
+            part.unlink(missing_ok=True)
+        return size
+
+    # ------------------------------------------------------------ queue control
+
+    def queue_remaining(self) -> int:
+        """Prompts pending plus running (``GET /prompt``)."""
+        answer = self._json("GET", "/prompt")
+        try:
+            return int(answer["exec_info"]["queue_remaining"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ComfyError("ComfyUI's GET /prompt answer has no queue_remaining") from exc
+
+    def queue(self) -> dict[str, Any]:
+        """``GET /queue``: ``queue_running`` and ``queue_pending`` 5-element items."""
+        answer = self._json("GET", "/queue")
+        return dict(answer) if isinstance(answer, Mapping) else {}
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the running prompt (only if it is ``prompt_id``, when given)."""
+        body = {"prompt_id": prompt_id} if prompt_id else {}
+        self._expect_ok("POST", "/interrupt", json=body)
+
+    def delete_queued(self, prompt_ids: Iterable[str]) -> None:
+        """Remove pending prompts from the queue (running ones need :meth:`interrupt`)."""
+        self._expect_ok("POST", "/queue", json={"delete": list(prompt_ids)})
+
+    def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Ask ComfyUI to unload models and/or free cached memory between prompts."""
+        self._expect_ok(
+            "POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory}
+        )
+
+    def _expect_ok(self, method: str, path: str, **kwargs: Any) -> None:
+        response = self._request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise ComfyError(
+                f"ComfyUI answered HTTP {response.status_code} to {method} {path}: "
+                f"{response.text[:200].strip()}"
+            )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _path_only(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _progress_event(prompt_id: str, kind: str, data: Mapping[str, Any]) -> ProgressEvent:
+    node = data.get("node")
+    return ProgressEvent(
+        prompt_id=prompt_id,
+        type=kind,
+        node=None if node is None else str(node),
+        value=_int_or_none(data.get("value")),
+        max=_int_or_none(data.get("max")),
+        data=dict(data),
+    )
+
+
+def _view_params(f: OutputFile) -> dict[str, str]:
+    return {"filename": f.filename, "subfolder": f.subfolder, "type": f.type}
+
+
+def _check_view(status: int, f: OutputFile) -> None:
+    if status == 200:
+        return
+    if status == 404:
+        raise ComfyError(
+            f"ComfyUI has no {f.type} file {f.ref} (HTTP 404 from /view)",
+            hint="it was deleted, or ComfyUI restarted and wiped its temp dir",
+        )
+    raise ComfyError(
+        f"ComfyUI refused /view for {f.type} file {f.ref} (HTTP {status})",
+        hint="the name or subfolder is not valid for /view (no '..', no leading '/')",
+    )
+
+
+def _input_spec(info: Mapping[str, Any], name: str) -> Any:
+    inputs = info.get("input")
+    if not isinstance(inputs, Mapping):
+        return None
+    for section in ("required", "optional"):
+        part = inputs.get(section)
+        if isinstance(part, Mapping) and name in part:
+            return part[name]
+    return None
+
+
+def combo_options(spec: Any) -> list[str] | None:
+    """The choices of a combo input spec (V1 ``[[...], {...}]`` or V3 ``["COMBO", {options}]``)."""
+    if not isinstance(spec, list | tuple) or not spec:
+        return None
+    head = spec[0]
+    if isinstance(head, list | tuple):
+        return [str(v) for v in head]
+    if head == "COMBO" and len(spec) > 1 and isinstance(spec[1], Mapping):
+        options = spec[1].get("options")
+        if isinstance(options, list | tuple):
+            return [str(v) for v in options]
+    return None
+
+
+def _spec_options(spec: Any) -> Mapping[str, Any]:
+    if isinstance(spec, list | tuple) and len(spec) > 1 and isinstance(spec[1], Mapping):
+        return spec[1]
+    return {}
+
+
+def _is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def _check_node(
+    node_id: str,
+    class_type: str,
+    info: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    workflow: Mapping[str, Any],
+) -> list[NodeError]:
+    problems: list[NodeError] = []
+    sections = info.get("input") if isinstance(info.get("input"), Mapping) else {}
+    required = (sections or {}).get("required") or {}
+    optional = (sections or {}).get("optional") or {}
+    for name in required:
+        if name not in inputs:
+            problems.append(NodeError(node_id, class_type, name, "required input is missing"))
+    for name, value in inputs.items():
+        spec = required.get(name, optional.get(name))
+        if _is_link(value):
+            if str(value[0]) not in workflow:
+                problems.append(
+                    NodeError(
+                        node_id,
+                        class_type,
+                        name,
+                        f"links to node {value[0]}, which is not in the workflow",
+                    )
+                )
+            continue
+        options = combo_options(spec)
+        if options is None or isinstance(value, Mapping):
+            continue
+        if _spec_options(spec).get("image_upload") or _spec_options(spec).get("video_upload"):
+            continue  # uploaded files: ComfyUI checks them itself at submit time
+        if str(value) in options:
+            continue
+        folder = MODEL_INPUT_FOLDERS.get((class_type, name))
+        if folder or str(value).lower().endswith(_MODEL_EXTENSIONS):
+            where = f"models/{folder}" if folder else "its model folders"
+            problems.append(
+                NodeError(
+                    node_id,
+                    class_type,
+                    name,
+                    f"model file '{value}' is not in ComfyUI's {where}",
+                    f"{len(options)} file(s) listed" if options else "none listed",
+                )
+            )
+        else:
+            shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
+            problems.append(
+                NodeError(node_id, class_type, name, f"'{value}' is not a valid choice", shown)
+            )
+    return problems
+
+
+def _check_hint(problems: list[NodeError]) -> str:
+    if any("not installed" in p.message for p in problems):
+        return (
+            "install the custom nodes that provide the missing classes "
+            "(VHS_* = ComfyUI-VideoHelperSuite, ADE_* = ComfyUI-AnimateDiff-Evolved, "
+            "CogVideo* = ComfyUI-CogVideoXWrapper), or pick another workflow"
+        )
+    if any("model file" in p.message for p in problems):
+        return (
+            "pull the model into ComfyUI's models dir (comfyfleet warmup), then "
+            "refresh_models(); or name a file ComfyUI lists"
+        )
+    return "fix the listed inputs (ComfyUI's /object_info shows the valid values)"
