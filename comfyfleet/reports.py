@@ -228,7 +228,20 @@ def render_timeline(record: ColdStartRecord, path: Path | None = None) -> bytes:
         f"{record.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
     fig.text(0.01, 0.005, subtitle, fontsize=8, color="#555555", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    footer = 0.04
+    if record.error:
+        error = record.error if len(record.error) <= 140 else record.error[:139] + "..."
+        fig.text(
+            0.01,
+            0.04,
+            f"error: {error}",
+            fontsize=8,
+            color=_VERDICT_COLORS["FAIL"],
+            ha="left",
+            va="bottom",
+        )
+        footer = 0.08
+    fig.tight_layout(rect=(0, footer, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()

@@ -57,6 +57,7 @@ from comfyfleet.errors import (
     ComfyfleetError,
     ConfigError,
     IntegrityError,
+    format_bytes,
 )
 from comfyfleet.gpu import InstanceFacts, Runner, instance_facts
 from comfyfleet.lock import STATE_DIR, RootLock, write_extra_model_paths
@@ -437,7 +438,7 @@ class WarmupSession:
             needed = bytes_to_write(self.items)
             if self.mode == "script":
                 disk_preflight(needed, self.models_base)
-            ph.note = f"{len(self.items)} files, {needed} bytes to write"
+            ph.note = f"{len(self.items)} files, {format_bytes(needed)} to write"
 
     def _facts(self) -> InstanceFacts:
         if self.facts is None:
@@ -555,7 +556,7 @@ class WarmupSession:
                 start_s=start,
                 note=f"{report.count('present')} present"
                 + (
-                    f", {report.bytes_hashed_present} bytes re-hashed"
+                    f", {format_bytes(report.bytes_hashed_present)} re-hashed"
                     if report.bytes_hashed_present
                     else ""
                 ),
@@ -609,7 +610,7 @@ class WarmupSession:
         with self.clock.phase("place") as ph:
             inside = _same_dir(self.models_base, self.comfy_root / "models")
             if inside:
-                ph.note = "models in the ComfyUI tree"
+                ph.note = "models inside the ComfyUI tree"
                 return
             folders = sorted({e.folder for e in self.entries})
             path = write_extra_model_paths(self.comfy_root, self.models_base, folders=folders)

@@ -320,7 +320,10 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print_phase_table(result, Console(highlight=False))
+        out = Console(highlight=False)
+        if not out.is_terminal:
+            out = Console(highlight=False, width=120)  # logs: no wrapping at 80 columns
+        print_phase_table(result, out)
     result.raise_for_failure()  # the CLI's main turns it into error/hint and exit 1 or 2
     if args.fail_on_target and not result.passed:
         print(
