@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -522,6 +523,8 @@ class S3MultipartUpload:
         self._key = key
         self._full = store._full(key)
         self._upload_id = upload_id
+        self._sent: dict[int, PartInfo] = {}
+        self._lock = threading.Lock()
 
     @property
     def key(self) -> str:
@@ -546,12 +549,16 @@ class S3MultipartUpload:
                 PartNumber=number,
                 Body=data,
             )
-        return PartInfo(number=number, etag=_strip_etag(resp.get("ETag")), size=len(data))
+        info = PartInfo(number=number, etag=_strip_etag(resp.get("ETag")), size=len(data))
+        with self._lock:
+            self._sent[number] = info
+        return info
 
     def list_parts(self) -> list[PartInfo]:
         store = self._store
-        # SeaweedFS lists every upload of a re-sent part number (newest first); S3 keeps only
-        # the last one. Keep the newest per number so both look the same.
+        # SeaweedFS lists every upload of a re-sent part number, in no set order and with
+        # one-second timestamps; S3 keeps only the last. Keep one per number: the one this
+        # object sent last, else the newest (a retry that re-sends a part sends the same bytes).
         latest: dict[int, tuple[Any, PartInfo]] = {}
         paginator = store._client.get_paginator("list_parts")
         with store._translate("list parts of", self._key):
@@ -566,8 +573,12 @@ class S3MultipartUpload:
                     )
                     modified = part.get("LastModified")
                     seen = latest.get(info.number)
-                    if seen is None or (
-                        modified is not None and seen[0] is not None and modified > seen[0]
+                    if seen is not None and self._sent.get(info.number) == seen[1]:
+                        continue
+                    if (
+                        seen is None
+                        or self._sent.get(info.number) == info
+                        or (modified is not None and seen[0] is not None and modified > seen[0])
                     ):
                         latest[info.number] = (modified, info)
         return [latest[n][1] for n in sorted(latest)]
