@@ -1,0 +1,144 @@
+"""The ``mirror-models`` and ``mirror-refresh`` flows on Prefect's real engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.states import Failed
+
+from comfyfleet.errors import GatedRepoError, SourceUnavailable
+from comfyfleet.manifest import read_manifest
+from comfyfleet.store.local import LocalStore
+from flows.mirror import _transient_only, mirror_models_flow, mirror_refresh_flow
+from tests.doubles.hf_hub import FakeHub
+from tests.mirror.support import payload, sha
+
+pytestmark = pytest.mark.flow
+
+
+def artifacts_of(flow_run_id: UUID) -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_type: dict[str, Any] = {}
+    for artifact in found:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    return by_type
+
+
+def catalog(tmp_path: Path, *files: str, repo: str = "org/l") -> str:
+    models = [
+        {
+            "id": f.split(".")[0],
+            "folder": "loras",
+            "file": f,
+            "source": {"type": "hf", "repo": repo, "revision": "main", "path": f},
+        }
+        for f in files
+    ]
+    path = tmp_path / "cat.yaml"
+    path.write_text(yaml.safe_dump({"schema": 1, "models": models}))
+    return str(path)
+
+
+def test_flow_mirrors_and_writes_artifacts(
+    prefect_harness: None, hub: FakeHub, tmp_path: Path
+) -> None:
+    a, b = payload(90_000, seed=1), payload(70_000, seed=2)
+    hub.add_file("org/l", "a.safetensors", a)
+    hub.add_file("org/l", "b.safetensors", b)
+    store = tmp_path / "store"
+    state = mirror_models_flow(
+        catalog_paths=[catalog(tmp_path, "a.safetensors", "b.safetensors")],
+        profile="full",
+        store=str(store),
+        max_parallel=2,
+        return_state=True,
+    )
+    assert state.is_completed(), state
+    rows = state.result()
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "mirrored"), ("b", "mirrored")]
+    assert {e.id: e.sha256 for e in read_manifest(LocalStore(store)).entries} == {
+        "a": sha(a),
+        "b": sha(b),
+    }
+    arts = artifacts_of(state.state_details.flow_run_id)
+    (table,) = arts["table"]
+    assert table.key == "mirror-results"
+    data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
+    assert [row["status"] for row in data] == ["mirrored", "mirrored"]
+    assert set(data[0]) == {"file", "bytes", "seconds", "MB/s", "sha256", "status", "error"}
+    assert data[0]["sha256"] == sha(a)
+    (markdown,) = arts["markdown"]
+    assert "| 2 | 0 | 0 |" in str(markdown.data)
+    (progress,) = arts["progress"]
+    assert float(progress.data) == 100.0
+
+    # Second run: everything skipped, not a byte downloaded.
+    gets = sum(1 for r in hub.requests if r.server == "cdn")
+    again = mirror_models_flow(
+        catalog_paths=[catalog(tmp_path, "a.safetensors", "b.safetensors")],
+        ids=["a", "b"],
+        store=str(store),
+        return_state=True,
+    )
+    assert [r["status"] for r in again.result()] == ["skipped", "skipped"]
+    assert sum(1 for r in hub.requests if r.server == "cdn") == gets
+
+
+def test_flow_fails_when_a_file_fails_after_writing_artifacts(
+    prefect_harness: None, hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add_file("org/l", "good.safetensors", payload(10_000))
+    store = tmp_path / "store"
+    state = mirror_models_flow(
+        catalog_paths=[catalog(tmp_path, "good.safetensors", "missing.safetensors")],
+        profile=None,
+        store=str(store),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "1 of 2 file(s) failed to mirror: missing: SourceNotFound" in str(state.message)
+    arts = artifacts_of(state.state_details.flow_run_id)
+    (table,) = arts["table"]
+    data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
+    by_file = {row["file"]: row for row in data}
+    assert by_file["models/loras/good.safetensors"]["status"] == "mirrored"
+    bad = by_file["models/loras/missing.safetensors"]
+    assert bad["status"] == "failed" and "SourceNotFound" in bad["error"]
+    # The good file still reached the manifest.
+    assert [e.id for e in read_manifest(LocalStore(store)).entries] == ["good"]
+
+
+def test_retry_condition_allows_only_transient_errors() -> None:
+    assert _transient_only(None, None, Failed(data=SourceUnavailable("503")))
+    assert not _transient_only(None, None, Failed(data=GatedRepoError("gated")))
+    assert not _transient_only(None, None, Failed(data=ValueError("bug")))
+
+
+def test_refresh_flow_reports_new_commit(
+    prefect_harness: None, hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add_file("org/l", "a.safetensors", payload(5_000, seed=1))
+    store = tmp_path / "store"
+    cat = catalog(tmp_path, "a.safetensors")
+    first = mirror_models_flow(
+        catalog_paths=[cat], profile=None, store=str(store), return_state=True
+    )
+    assert first.is_completed()
+    new_commit = hub.add_file("org/l", "a.safetensors", payload(5_000, seed=2))
+    state = mirror_refresh_flow(catalog_paths=[cat], store=str(store), return_state=True)
+    assert state.is_completed(), state
+    kinds = {(c["id"], c["kind"]) for c in state.result()}
+    assert ("a", "new-commit") in kinds and ("a", "changed-sha256") in kinds
+    arts = artifacts_of(state.state_details.flow_run_id)
+    assert new_commit[:12] in str(arts["markdown"][0].data)
+    # Reported only: the store still holds the old bytes.
+    assert LocalStore(store).get_bytes("models/loras/a.safetensors") == payload(5_000, seed=1)
