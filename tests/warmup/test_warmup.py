@@ -3,6 +3,7 @@ test double (readiness = models listed) -> first prompt, with every refusal on t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -310,10 +311,8 @@ def _launcher(port: int, *extra: str) -> str:
 
 def _stop(result: WarmupResult) -> None:
     if result.comfy is not None and result.comfy.pid:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(result.comfy.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def test_start_comfy_launches_comfyui_in_its_own_process_group(
