@@ -1,0 +1,106 @@
+"""The ``warmup`` flow on Prefect's real engine: tasks per phase, artifacts, failure."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfyfleet.errors import ConfigError
+from comfyfleet.reports import read_history
+from tests.support.comfyui_launcher import DiskComfyUI
+
+from .mirrored import content, mirror, write_catalog
+
+pytestmark = pytest.mark.flow
+
+
+async def _artifacts(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        return list(
+            await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        )
+
+
+async def _task_names(flow_run_id: Any) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(r.name.rsplit("-", 1)[0] for r in runs)
+
+
+def test_warmup_flow_runs_each_phase_as_a_task_and_reports(
+    prefect_harness: None, tmp_path: Path, local_store: Any
+) -> None:
+    from flows.warmup import warmup
+
+    mirror(local_store)
+    catalog = str(write_catalog(tmp_path / "catalog.yaml"))
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    with DiskComfyUI(root) as fake:
+        state = warmup(
+            comfy_root=str(root),
+            store=local_store.uri,
+            catalog=[catalog],
+            vram_gb=12,
+            comfy_url=fake.url,
+            instance_id="C.77",
+            boot_timeout_s=20,
+            return_state=True,
+        )
+    assert state.is_completed()
+    result = state.result()
+    assert result["ok"] and result["profile"]["name"] == "image"
+    assert (root / "models/checkpoints/base.safetensors").read_bytes() == content("base")
+    run_id = state.state_details.flow_run_id
+    names = asyncio.run(_task_names(run_id))
+    assert names == sorted(["preflight", "pull", "place", "comfy-boot", "first-prompt"])
+    artifacts = asyncio.run(_artifacts(run_id))
+    by_key = {a.key: a for a in artifacts if a.key}
+    assert {"warmup-phases-c-77", "warmup-summary-c-77", "warmup-timeline-c-77"} <= set(by_key)
+    assert by_key["warmup-summary-c-77"].data.startswith("# Warm-up PASS")
+    assert "pull" in str(by_key["warmup-phases-c-77"].data)
+    assert any(a.type == "progress" for a in artifacts)
+    assert read_history(local_store)["instance_id"].tolist() == ["C.77"]
+
+
+def test_warmup_flow_fails_on_a_failed_phase_and_records_it(
+    prefect_harness: None, tmp_path: Path, local_store: Any
+) -> None:
+    from flows.warmup import warmup
+
+    mirror(local_store, ["base", "vae"])
+    catalog = str(write_catalog(tmp_path / "catalog.yaml"))
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    state = warmup(
+        comfy_root=str(root),
+        store=local_store.uri,
+        catalog=[catalog],
+        vram_gb=12,
+        profile="image",
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="not mirrored"):
+        state.result()
+    history = read_history(local_store)
+    assert history["verdict"].tolist() == ["FAIL"]
+    assert "not mirrored" in history["error"][0]
+    artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
+    summary = next(a for a in artifacts if a.key == "warmup-summary")
+    assert summary.data.startswith("# Warm-up FAIL")
