@@ -154,8 +154,13 @@ def run_seaweedfs(
     secret_key: str | None = None,
     ready_timeout: float = 60.0,
     attempts: int = 3,
+    auto_create_bucket: bool = False,
 ) -> Iterator[SeaweedServer]:
-    """Start ``weed mini`` under ``workdir`` and yield it; stop its process group on exit."""
+    """Start ``weed mini`` under ``workdir`` and yield it; stop its process group on exit.
+
+    ``weed mini`` creates a missing bucket on the first upload by default; AWS does not, so
+    that is switched off unless ``auto_create_bucket``.
+    """
     workdir = Path(workdir)
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -197,6 +202,7 @@ def run_seaweedfs(
             f"-master.port={master}",
             f"-volume.port={volume}",
             f"-filer.port={filer}",
+            f"-s3.autoCreateBucket={'true' if auto_create_bucket else 'false'}",
         ]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
