@@ -26,8 +26,9 @@ DATA = os.urandom(256 * 1024 + 17)
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-def hf_model(repo: str = "org/repo", path: str = "unet/model.safetensors",
-             revision: str = "main") -> ModelFile:
+def hf_model(
+    repo: str = "org/repo", path: str = "unet/model.safetensors", revision: str = "main"
+) -> ModelFile:
     return ModelFile(
         id="m",
         folder="diffusion_models",
@@ -44,8 +45,9 @@ def read_all(plan: object, offset: int = 0, **kw: object) -> bytes:
 def test_the_double_serves_the_real_library(hub: FakeHub, tmp_path: Path) -> None:
     # The library's own download (HEAD -> 302 to the CDN origin -> GET) works end to end.
     hub.add_file("org/repo", "unet/model.safetensors", DATA)
-    path = hf_hub_download("org/repo", "unet/model.safetensors", endpoint=hub.endpoint,
-                           token=False, cache_dir=tmp_path)
+    path = hf_hub_download(
+        "org/repo", "unet/model.safetensors", endpoint=hub.endpoint, token=False, cache_dir=tmp_path
+    )
     assert Path(path).read_bytes() == DATA
     meta = HfApi(endpoint=hub.endpoint, token=False).get_hf_file_metadata(
         url=f"{hub.endpoint}/org/repo/resolve/main/unet/model.safetensors"
