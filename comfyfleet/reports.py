@@ -378,11 +378,14 @@ def publish(
     *,
     timeline_path: Path | None = None,
     history: bool = True,
+    presign_s: int | None = None,
 ) -> Published:
     """Write the timeline PNG (file + store) and append the history row.
 
     Reporting must never hide the warm-up's own outcome, so store failures are collected
-    in ``problems`` instead of raised.
+    in ``problems`` instead of raised. A presigned URL of the PNG (a read capability for
+    ``presign_s`` seconds) is made only when asked for: it is a bearer token and ends up
+    wherever the result is shown.
     """
     out = Published()
     png: bytes | None = None
@@ -399,7 +402,8 @@ def publish(
         try:
             store.put_bytes(key, png, content_type="image/png")
             out.timeline_key = key
-            out.timeline_url = store.presign_get(key, expires_s=7 * 24 * 3600)
+            if presign_s:
+                out.timeline_url = store.presign_get(key, expires_s=presign_s)
         except ComfyfleetError as exc:
             out.problems.append(f"timeline not stored: {exc.one_line()}")
     if history:

@@ -159,7 +159,7 @@ def first_prompt_task(session: WarmupSession) -> dict[str, Any] | None:
     return session.first_prompt_info
 
 
-def _artifacts(result: WarmupResult, instance_id: str) -> None:
+def _artifacts(result: WarmupResult, instance_id: str, presign_s: int | None) -> None:
     record = result.record
     pub = result.published
     links: dict[str, str] = {}
@@ -181,7 +181,7 @@ def _artifacts(result: WarmupResult, instance_id: str) -> None:
         create_image_artifact(
             image_url=pub.timeline_url,
             key=_artifact_key("warmup-timeline", instance_id),
-            description="phase timeline (link valid for 7 days)",
+            description=f"phase timeline (presigned link, valid {presign_s} s)",
         )
     elif pub.timeline_key:
         create_link_artifact(
@@ -216,12 +216,15 @@ def warmup(
     history: bool = True,
     boot_timeout_s: float = 600.0,
     prompt_timeout_s: float = 1800.0,
+    timeline_presign_s: int | None = None,
 ) -> dict[str, Any]:
     """Warm up one ComfyUI root from the mirror (parameters mirror ``comfyfleet warmup``).
 
     Returns the result as JSON-ready data; fails when a phase failed (and, with
     ``fail_on_target``, when the cold start missed its target). The record is published
-    either way.
+    either way. ``timeline_presign_s`` makes the timeline an image artifact through a
+    presigned URL valid that long (S3 stores only; the URL is a read token for the PNG);
+    without it the artifact is a link to the PNG's place in the store.
     """
     logger = get_run_logger()
     baked = mode == "baked"
@@ -267,11 +270,15 @@ def warmup(
         raise
     result = session.finish(failure)
     result.published = publish(
-        result.record, opened, timeline_path=Path(timeline) if timeline else None, history=history
+        result.record,
+        opened,
+        timeline_path=Path(timeline) if timeline else None,
+        history=history,
+        presign_s=timeline_presign_s,
     )
     for problem in result.published.problems:
         logger.warning("report: %s", problem)
-    _artifacts(result, instance_id)
+    _artifacts(result, instance_id, timeline_presign_s)
     logger.info(verdict_line(result.record))
     result.raise_for_failure()
     if fail_on_target and not result.passed:

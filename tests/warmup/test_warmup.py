@@ -433,3 +433,45 @@ def test_bake_then_baked_mode_checks_the_image_files(
     # Asking a baked image for another profile is refused.
     other = warm_up(**{**kwargs, "profile": "video-24gb"})
     assert other.error is not None and "baked with profile image" in other.error.message
+
+
+def test_a_corrupted_object_in_the_store_is_caught_and_not_placed(
+    local_store: Any, root: Path, tmp_path: Path
+) -> None:
+    mirror(local_store)
+    folder, file, size = MODELS["vae"]
+    local_store.put_bytes(f"models/{folder}/{file}", b"\x01" * size)  # same size, other bytes
+    result = warm_up(
+        store=local_store,
+        comfy_root=root,
+        catalog=catalog(tmp_path),
+        facts=facts(root, 12),
+        profile="minimal",
+    )
+    assert not result.ok and result.error is not None
+    assert result.error.type == "IntegrityError"
+    assert "sha256 mismatch" in result.error.message
+    assert not placed(root, "vae").exists()
+    assert placed(root, "base").read_bytes() == content("base")  # the good file still lands
+    assert no_partial_files(root)
+    assert result.record.phase("pull").status == "failed"  # type: ignore[union-attr]
+    assert {f["key"]: f["status"] for f in result.files}[f"models/{folder}/{file}"] == "failed"
+
+
+def test_a_stale_wrong_size_file_at_the_target_is_replaced(
+    local_store: Any, root: Path, tmp_path: Path
+) -> None:
+    mirror(local_store)
+    stale = placed(root, "base")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"truncated")
+    result = warm_up(
+        store=local_store,
+        comfy_root=root,
+        catalog=catalog(tmp_path),
+        facts=facts(root, 12),
+        profile="minimal",
+    )
+    assert result.ok
+    assert stale.read_bytes() == content("base")
+    assert result.record.files_replaced == 1 and result.record.files_placed == 1
