@@ -377,10 +377,12 @@ def send(
     current = first
     hop_headers = dict(headers)
     hop_headers.setdefault("Accept-Encoding", "identity")
+    hop_headers.setdefault("User-Agent", USER_AGENT)
     for _ in range(MAX_REDIRECTS + 1):
         try:
             request = client.build_request(method, current, headers=hop_headers)
-            response = client.send(request, stream=stream)
+            # Even a caller's client with follow_redirects=True must not follow: we do.
+            response = client.send(request, stream=stream, follow_redirects=False)
         except httpx.HTTPError as exc:
             raise transport_error(exc, ctx, str(current)) from exc
         if not (response.is_redirect and "Location" in response.headers):

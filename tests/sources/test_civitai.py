@@ -320,3 +320,15 @@ def test_html_instead_of_file_is_an_auth_error(civitai: FakeCivitai) -> None:
         open_stream(login)
     with pytest.raises(SourceProtocolError, match="HTTP 400"):
         open_stream(replace(plan, url=f"{civitai.base_url}/api/download/models/201?size=huge"))
+
+
+def test_callers_redirect_following_client_is_overridden(civitai: FakeCivitai) -> None:
+    setup_model(civitai)
+    civitai.versions[201].require_auth = True
+    civitai.legacy_login_redirect = True
+    plan = resolve(civ_model(version_id=201), Tokens())
+    with (
+        httpx.Client(follow_redirects=True) as client,
+        pytest.raises(SourceAuthError, match="login page"),
+    ):
+        open_stream(plan, http=client)
