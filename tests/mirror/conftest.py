@@ -8,6 +8,7 @@ import pytest
 
 from comfyfleet.catalog import HFSource, ModelFile
 from comfyfleet.upload import MiB, TransferSettings
+from tests.doubles.civitai import FakeCivitai
 from tests.doubles.hf_hub import FakeHub
 
 # Small parts and short waits: the behaviour is the same, the tests are fast.
@@ -18,6 +19,13 @@ SETTINGS = TransferSettings(part_size=5 * MiB, max_parts_in_flight=3, backoff_ba
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     with FakeHub() as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        yield fake
+
+
+@pytest.fixture
+def civ(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCivitai]:
+    with FakeCivitai() as fake:
+        monkeypatch.setenv("CIVITAI_BASE_URL", fake.base_url)
         yield fake
 
 
