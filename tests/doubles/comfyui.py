@@ -266,9 +266,13 @@ class _WSConn:
         self.seen_text = False
 
     def _flush(self) -> None:
-        data = b"".join(self.proto.data_to_send())
+        chunks = self.proto.data_to_send()
+        data = b"".join(chunks)
         if data:
             self.sock.sendall(data)
+        if b"" in chunks:
+            # The protocol asks to close TCP (the server ends the closing handshake).
+            self._abort_locked()
 
     def send(self, payload: str | bytes) -> None:
         with self.lock:
@@ -338,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # aiohttp sets TCP_NODELAY; without it headers and body (two writes) meet the
+        # client's delayed ACK and every answer takes ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.conns_lock:
             self.server.conns.add(self.connection)
 
@@ -906,9 +913,8 @@ class FakeComfyUI:
                 number = -self._number if data.get("front") else self._number
                 self._number += 1
         if "prompt" not in data:
-            return _json(
-                _prompt_error("no_prompt", "No prompt provided", "No prompt provided"), 400
-            )
+            error = _prompt_error("no_prompt", "No prompt provided", "No prompt provided")
+            return _json({"error": error, "node_errors": {}}, 400)
         prompt = copy.deepcopy(data["prompt"])
         partial = data.get("partial_execution_targets")
         error, outputs, node_errors = self._validate(prompt, partial)
