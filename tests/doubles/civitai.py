@@ -92,6 +92,10 @@ REGION_BLOCKED_BODY = {
     "error": "Access to this service is not available in your region due to legal restrictions.",
     "code": "REGION_BLOCKED",
 }
+RATE_LIMITED = (
+    "We've noticed an unusual amount of downloading from your account. Contact "
+    "support@civitai.com or come back later."
+)
 LOGIN_REQUIRED = "The creator of this asset requires you to be logged in to download it"
 DOWNLOADS_DISABLED = "The creator of this asset has disabled downloads on this file"
 
@@ -465,7 +469,7 @@ class FakeCivitai:
         req.send_json(404, {"error": "Not found"})
 
     def _download(self, req: Request, raw_id: str, base: str) -> None:
-        if fault_status(req, self.faults, "resolve"):
+        if fault_status(req, self.faults, "resolve", too_many=RATE_LIMITED):
             return
         query = {k: v[0] for k, v in req.query.items() if v}
         problems = []

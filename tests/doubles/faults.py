@@ -256,8 +256,11 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None | str:
     return start, end
 
 
-def fault_status(req: Request, faults: Faults, where: str) -> bool:
-    """Answer a ``fail``/``rate_limit`` fault for ``where`` if one is armed."""
+def fault_status(
+    req: Request, faults: Faults, where: str, *, too_many: str = "Too many requests"
+) -> bool:
+    """Answer a ``fail``/``rate_limit`` fault for ``where`` if one is armed (``too_many``:
+    the service's own 429 message)."""
     hit = faults.take(("fail", "rate_limit"), where)
     if hit is None:
         return False
@@ -266,7 +269,7 @@ def fault_status(req: Request, faults: Faults, where: str) -> bool:
         headers = {}
         if params["retry_after"] is not None:
             headers["Retry-After"] = str(params["retry_after"])
-        req.send_json(429, {"error": "Too many requests"}, headers)
+        req.send_json(429, {"error": too_many}, headers)
     else:
         status = int(params["status"])
         req.send_json(status, {"error": f"injected failure (HTTP {status})"})

@@ -240,6 +240,7 @@ def test_rate_limited_retry_after_seconds_and_date(civitai: FakeCivitai) -> None
         open_stream(plan)
     assert info.value.retry_after == 30
     assert "retry after 30 s" in str(info.value)
+    assert "unusual amount of downloading" in str(info.value)
     civitai.faults.rate_limit(
         email.utils.formatdate(time.time() + 120, usegmt=True), where="resolve"
     )

@@ -215,6 +215,17 @@ def test_server_ignoring_range_is_skipped_client_side(hub: FakeHub) -> None:
     assert hub.faults.fired["ignore_range"] == 1
 
 
+def test_corrupt_knob_flips_one_byte_once(hub: FakeHub) -> None:
+    # The source layer passes bytes through; catching this is the mirror's sha256 check.
+    hub.add_file("org/repo", "unet/model.safetensors", DATA)
+    plan = resolve(hf_model(), Tokens())
+    hub.faults.corrupt(5000)
+    bad = read_all(plan)
+    assert len(bad) == len(DATA) and hashlib.sha256(bad).hexdigest() != plan.sha256
+    assert [i for i in range(len(DATA)) if bad[i] != DATA[i]] == [5000]
+    assert read_all(plan) == DATA
+
+
 def test_5xx_and_429_on_the_cdn_are_transient(hub: FakeHub) -> None:
     hub.add_file("org/repo", "unet/model.safetensors", DATA)
     plan = resolve(hf_model(), Tokens())
