@@ -97,7 +97,7 @@ COMFY_ROOT_CANDIDATES = (
 # Event the on-start script emits when PREFECT_API_URL is set (see flows/warmup.py).
 EVENT_STARTED = "comfyfleet.instance.started"
 EVENT_FINISHED = "comfyfleet.warmup.finished"
-VIA = ("cli", "prefect")
+VIA = ("cli", "flow", "worker")
 
 
 def _q(value: str) -> str:
@@ -141,7 +141,7 @@ def render_onstart(settings: OnstartSettings | None = None) -> str:
     if s.verify not in ("fast", "full"):
         raise ConfigError(f"unknown verify {s.verify!r}", hint="use --verify fast or full")
     if s.via not in VIA:
-        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli or --via prefect")
+        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli, flow or worker")
     catalogs = " ".join(_q(c) for c in s.catalogs)
     candidates = " ".join(_q(c) for c in COMFY_ROOT_CANDIDATES)
     lines = [
@@ -246,10 +246,11 @@ def render_onstart(settings: OnstartSettings | None = None) -> str:
         "PY",
         "}",
         "",
-        'if [[ "$COMFYFLEET_VIA" == "prefect" ]]; then',
-        "  # Hand the warm-up to the `warmup` deployment: start this instance's worker, then",
-        "  # emit the event its trigger waits for.",
-        '  [[ -n "${PREFECT_API_URL:-}" ]] || die "--via prefect needs PREFECT_API_URL"',
+        'if [[ "$COMFYFLEET_VIA" == "worker" ]]; then',
+        "  # Hand the warm-up to the event-triggered `warmup` deployment: start this",
+        "  # instance's worker, then emit the event the trigger waits for. The work pool must",
+        "  # serve this instance alone, or another instance's worker may take the run.",
+        '  [[ -n "${PREFECT_API_URL:-}" ]] || die "--via worker needs PREFECT_API_URL"',
         '  if ! pgrep -f "prefect worker start --pool $COMFYFLEET_WORK_POOL" >/dev/null; then',
         '    nohup "$VENV/bin/prefect" worker start --pool "$COMFYFLEET_WORK_POOL" '
         '--name "$INSTANCE_ID" --limit 1 >>"$COMFYFLEET_HOME/worker.log" 2>&1 &',
@@ -279,7 +280,14 @@ def render_onstart(settings: OnstartSettings | None = None) -> str:
         "",
         'log "warm-up: profile $COMFYFLEET_PROFILE, mode $COMFYFLEET_MODE (log: $LOG)"',
         "rc=0",
-        '"$VENV/bin/comfyfleet" "${args[@]}" >"$REPORT.tmp" 2>>"$LOG" || rc=$?',
+        'if [[ "$COMFYFLEET_VIA" == "flow" ]]; then',
+        "  # The same warm-up as the `warmup` flow, run here and recorded by the Prefect",
+        "  # server (tasks per phase, artifacts).",
+        '  [[ -n "${PREFECT_API_URL:-}" ]] || die "--via flow needs PREFECT_API_URL"',
+        '  "$VENV/bin/python" -m flows.warmup "${args[@]:1}" >"$REPORT.tmp" 2>>"$LOG" || rc=$?',
+        "else",
+        '  "$VENV/bin/comfyfleet" "${args[@]}" >"$REPORT.tmp" 2>>"$LOG" || rc=$?',
+        "fi",
         'if [[ -s "$REPORT.tmp" ]]; then mv -f "$REPORT.tmp" "$REPORT"; '
         'else rm -f "$REPORT.tmp"; fi',
         "",

@@ -12,13 +12,20 @@ Whatever happens, the cold-start record is published (history row in the store, 
 PNG) and shown as a table artifact of the phases plus a markdown summary; then the flow
 fails if any phase failed, or if the target was missed and ``fail_on_target`` is set.
 
-Deployed in ``prefect.yaml`` with an event trigger on ``comfyfleet.instance.started``
-(emitted by the on-start script rendered with ``--via prefect``); see ``EVENT_PARAMETERS``.
+Three ways to run it: the on-start script rendered with ``--via flow`` runs it in place
+(``python -m flows.warmup`` takes the options of ``comfyfleet warmup``); ``prefect.yaml``
+deploys it with an event trigger on ``comfyfleet.instance.started``, which the script
+rendered with ``--via worker`` emits after starting the instance's worker (see
+``EVENT_PARAMETERS``); or any deployment/``serve`` with explicit parameters.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -217,6 +224,7 @@ def warmup(
     boot_timeout_s: float = 600.0,
     prompt_timeout_s: float = 1800.0,
     timeline_presign_s: int | None = None,
+    report_path: str | None = None,
 ) -> dict[str, Any]:
     """Warm up one ComfyUI root from the mirror (parameters mirror ``comfyfleet warmup``).
 
@@ -224,7 +232,8 @@ def warmup(
     ``fail_on_target``, when the cold start missed its target). The record is published
     either way. ``timeline_presign_s`` makes the timeline an image artifact through a
     presigned URL valid that long (S3 stores only; the URL is a read token for the PNG);
-    without it the artifact is a link to the PNG's place in the store.
+    without it the artifact is a link to the PNG's place in the store. ``report_path``
+    receives the result as JSON, also when the flow fails.
     """
     logger = get_run_logger()
     baked = mode == "baked"
@@ -280,6 +289,8 @@ def warmup(
         logger.warning("report: %s", problem)
     _artifacts(result, instance_id, timeline_presign_s)
     logger.info(verdict_line(result.record))
+    if report_path:
+        _write_json(Path(report_path), result.to_dict())
     result.raise_for_failure()
     if fail_on_target and not result.passed:
         raise ConfigError(
@@ -287,3 +298,59 @@ def warmup(
             hint="see the warmup-phases artifact for where the time went",
         )
     return result.to_dict()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.warmup [comfyfleet warmup options]``: the CLI's warm-up, run as the
+    ``warmup`` flow so the Prefect server (``PREFECT_API_URL``) records its tasks and
+    artifacts. Prints the result as JSON; exit 0 done, 1 failed."""
+    from comfyfleet.cli import warmup_cmd
+
+    parser = argparse.ArgumentParser(prog="python -m flows.warmup")
+    warmup_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["warmup", *(sys.argv[1:] if argv is None else argv)])
+    with tempfile.TemporaryDirectory(prefix="comfyfleet-warmup-") as tmp:
+        report = Path(tmp) / "report.json"
+        state = warmup(
+            comfy_root=str(args.comfy_root),
+            store=args.store,
+            store_block=args.store_block,
+            catalog=list(args.catalog),
+            profile=args.profile,
+            vram_gb=args.vram_gb,
+            gpu=args.gpu,
+            force=args.force,
+            mode=args.mode,
+            verify=args.verify,
+            comfy_url=args.comfy_url,
+            start_comfy=args.start_comfy,
+            warmup_workflow=str(args.warmup_workflow) if args.warmup_workflow else None,
+            models_dir=str(args.models_dir) if args.models_dir else None,
+            baked_manifest=str(args.baked_manifest) if args.baked_manifest else None,
+            timeline=str(args.timeline) if args.timeline else None,
+            fail_on_target=args.fail_on_target,
+            target_s=args.target_s,
+            instance_id=args.instance_id,
+            history=not args.no_history,
+            boot_timeout_s=args.boot_timeout,
+            prompt_timeout_s=args.prompt_timeout,
+            report_path=str(report),
+            return_state=True,
+        )
+        if report.exists():
+            sys.stdout.write(report.read_text(encoding="utf-8"))
+    if state.is_completed():
+        return 0
+    print(f"error: the warmup flow ended {state.name}: {state.message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -93,8 +93,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--via",
         choices=VIA,
         default="cli",
-        help="cli: run the warm-up here (default); prefect: start a worker and emit "
-        "comfyfleet.instance.started for the `warmup` deployment",
+        help="cli: run `comfyfleet warmup` here (default); flow: run the `warmup` flow here, "
+        "recorded by the Prefect server at PREFECT_API_URL; worker: start a Prefect worker "
+        "and emit comfyfleet.instance.started for the event-triggered `warmup` deployment "
+        "(one instance per work pool)",
     )
     o.add_argument("--work-pool", default="gpu-process", metavar="NAME")
     o.add_argument("--fail-on-target", action="store_true")

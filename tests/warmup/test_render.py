@@ -46,7 +46,8 @@ def bash_n(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     "settings",
     [
         OnstartSettings(),
-        OnstartSettings(profile="video-24gb", mode="baked", verify="full", via="prefect"),
+        OnstartSettings(profile="video-24gb", mode="baked", verify="full", via="worker"),
+        OnstartSettings(via="flow"),
         OnstartSettings(
             store="s3://bucket/prefix",
             package="comfyfleet==0.1.0",
@@ -274,6 +275,6 @@ def test_render_dockerfile_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_events_are_named_for_the_deployment_trigger() -> None:
-    text = render_onstart(OnstartSettings(via="prefect"))
+    text = render_onstart(OnstartSettings(via="worker"))
     assert f"emit_event {EVENT_STARTED}" in text
     assert f"emit_event {EVENT_FINISHED}" in text

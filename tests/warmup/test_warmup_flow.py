@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfyfleet.errors import ConfigError
+from comfyfleet.lock import RootLock
 from comfyfleet.reports import read_history
 from tests.support.comfyui_launcher import DiskComfyUI
 
@@ -104,3 +106,31 @@ def test_warmup_flow_fails_on_a_failed_phase_and_records_it(
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
     summary = next(a for a in artifacts if a.key == "warmup-summary")
     assert summary.data.startswith("# Warm-up FAIL")
+
+
+def test_python_m_flows_warmup_takes_the_cli_options(
+    prefect_harness: None, tmp_path: Path, local_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.warmup import main
+
+    mirror(local_store)
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    argv = [
+        "--store",
+        local_store.uri,
+        "--comfy-root",
+        str(root),
+        "--catalog",
+        str(write_catalog(tmp_path / "catalog.yaml")),
+        "--gpu",
+        "none",
+        "--json",
+    ]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["profile"]["name"] == "minimal"
+    with RootLock(root):
+        assert main(argv) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["error"]["type"] == "LockHeldError"
