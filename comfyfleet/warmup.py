@@ -911,9 +911,12 @@ def warm_up(
     clock: PhaseClock | None = None,
     **options: Any,
 ) -> WarmupResult:
-    """Warm up one ComfyUI root (see the module docstring); never raises ComfyfleetError:
-    a failure comes back as ``result.ok is False`` with ``result.error`` (and
-    ``result.raise_for_failure()`` re-raises it). ``options`` go to ``WarmupSession``.
+    """Warm up one ComfyUI root (see the module docstring).
+
+    Arguments that cannot work (unknown mode or verify, no store in script mode) raise
+    ``ConfigError`` before anything runs. Every later failure comes back as
+    ``result.ok is False`` with ``result.error``, the record included;
+    ``result.raise_for_failure()`` re-raises it. ``options`` go to ``WarmupSession``.
     """
     session = WarmupSession(
         store=store,
