@@ -286,6 +286,10 @@ def _execution_hint(exception_type: str, message: str) -> str | None:
 # ---------------------------------------------------------------- per-prompt tracking
 
 
+class _PromptLost(Exception):
+    """Neither queued nor in history: waiting longer would never end."""
+
+
 @dataclass
 class _Track:
     """What the WebSocket has told us about one prompt so far."""
@@ -687,8 +691,9 @@ class ComfyClient:
         began = time.monotonic()
         deadline = None if timeout is None else began + timeout
         generation = listener.generation
-        # Not submitted through this client (or id changed): events may have passed already.
-        poll_now = late or not registered or not listener.connected
+        # Not submitted through this client (or id changed): its events may not reach us.
+        foreign = late or not registered
+        poll_now = foreign or not listener.connected
         last_heard = began
         last_poll = float("-inf")
         unreachable_since: float | None = None
@@ -702,18 +707,27 @@ class ComfyClient:
                         "or interrupt it",
                     )
                 connected = listener.connected
+                # Polled regularly when the socket cannot tell us: down, HTTP failing, or a
+                # prompt whose events go to another client.
+                blind = foreign or not connected or unreachable_since is not None
                 due = (
                     poll_now
-                    or (not connected and now - last_poll >= self.poll_interval)
+                    or (blind and now - last_poll >= self.poll_interval)
                     or now - max(last_heard, last_poll) >= self.idle_poll
                 )
                 if due:
-                    check_queue = poll_now or not connected
+                    check_queue = poll_now or blind
                     poll_now = False
                     last_poll = now
                     try:
                         entry = self._poll_history(prompt_id, check_queue=check_queue)
                         unreachable_since = None
+                    except _PromptLost:
+                        raise ComfyConnectionError(
+                            f"prompt {prompt_id} is neither queued nor in ComfyUI's history",
+                            hint="ComfyUI restarted or the prompt was deleted from its queue; "
+                            "resubmit it",
+                        ) from None
                     except ComfyConnectionError:
                         unreachable_since = unreachable_since or now
                         if now - unreachable_since >= self.reconnect_timeout:
@@ -774,18 +788,15 @@ class ComfyClient:
     def _poll_history(self, prompt_id: str, *, check_queue: bool) -> dict[str, Any] | None:
         """The history entry, or None while queued/running.
 
-        With ``check_queue``, a prompt in neither queue nor history is reported lost
-        (ComfyUI restarted, or someone deleted it): waiting longer would never end.
+        With ``check_queue``, a prompt in neither queue nor history raises
+        :class:`_PromptLost` (ComfyUI restarted, or someone deleted it).
         """
         in_queue = True
         if check_queue:
             in_queue = prompt_id in self._queued_ids()
         entry = self._history_entry(prompt_id)
         if entry is None and not in_queue:
-            raise ComfyConnectionError(
-                f"prompt {prompt_id} is neither queued nor in ComfyUI's history",
-                hint="ComfyUI restarted or the prompt was deleted from its queue; resubmit it",
-            )
+            raise _PromptLost(prompt_id)
         return entry
 
     def _queued_ids(self) -> set[str]:
