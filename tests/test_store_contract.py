@@ -466,15 +466,22 @@ def test_local_root_is_created_on_first_write(tmp_path: os.PathLike[str]) -> Non
 
 
 @pytest.mark.s3
-def test_s3_prefix_isolates_keys(s3_store: S3Store, s3_server: SeaweedServer) -> None:
-    s3_store.put_bytes("models/a", b"a")
-    raw = s3_store.client.list_objects_v2(Bucket=s3_store.bucket)
-    assert [o["Key"] for o in raw["Contents"]] == [f"{s3_store.prefix}/models/a"]
-    sibling = S3Store(
-        s3_store.bucket,
-        s3_store.prefix + "-sibling",
-        endpoint_url=s3_store.endpoint_url,
-        access_key_id=s3_server.access_key,
-        secret_access_key=s3_server.secret_key,
-    )
+def test_s3_prefix_isolates_keys(s3_server: SeaweedServer, s3_bucket: str) -> None:
+    def store(prefix: str) -> S3Store:
+        return S3Store(
+            s3_bucket,
+            prefix,
+            endpoint_url=s3_server.endpoint_url,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+        )
+
+    mine, sibling = store("mirror"), store("mirror-sibling")
+    mine.put_bytes("models/a", b"a")
+    mine.create_multipart("models/b")
+    raw = s3_server.client().list_objects_v2(Bucket=s3_bucket)
+    assert [o["Key"] for o in raw["Contents"]] == ["mirror/models/a"]
     assert list(sibling.list()) == []
+    assert sibling.exists("models/a") is None
+    assert sibling.find_multipart("models/b") == []
+    assert [o.key for o in store("").list()] == ["mirror/models/a"]

@@ -259,13 +259,24 @@ def s3_bucket(s3_server: SeaweedServer) -> str:
     return new_bucket(s3_server)
 
 
+@pytest.fixture(scope="session")
+def s3_shared_bucket(s3_server: SeaweedServer) -> str:
+    """One bucket for the session's ``s3_store``s; each test works under its own prefix."""
+    return new_bucket(s3_server)
+
+
 @pytest.fixture
-def s3_store(s3_server: SeaweedServer, s3_bucket: str) -> Any:
-    """An ``S3Store`` on a fresh bucket under a random prefix, listing 7 keys per page."""
+def s3_store(s3_server: SeaweedServer, s3_shared_bucket: str) -> Any:
+    """An ``S3Store`` under a fresh random prefix, listing 7 keys per page.
+
+    Keys, listings and multipart uploads are all scoped by the prefix, so tests are as
+    isolated as with a bucket each; a fresh bucket costs SeaweedFS a new volume (~0.2 s).
+    Tests that need a bucket of their own take ``s3_bucket``.
+    """
     from comfyfleet.store.s3 import S3Store
 
     return S3Store(
-        s3_bucket,
+        s3_shared_bucket,
         f"p-{uuid.uuid4().hex[:8]}",
         endpoint_url=s3_server.endpoint_url,
         access_key_id=s3_server.access_key,
