@@ -128,7 +128,7 @@ class OnstartSettings:
     catalogs: tuple[str, ...] = ()
     home: str = BAKED_DIR
     via: str = "cli"
-    work_pool: str = "gpu-process"
+    work_pool: str = "comfyfleet-gpu"
     fail_on_target: bool = False
 
 

@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and emit comfyfleet.instance.started for the event-triggered `warmup` deployment "
         "(one instance per work pool)",
     )
-    o.add_argument("--work-pool", default="gpu-process", metavar="NAME")
+    o.add_argument("--work-pool", default="comfyfleet-gpu", metavar="NAME")
     o.add_argument("--fail-on-target", action="store_true")
     o.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
     o.set_defaults(func=cmd_onstart)
