@@ -36,6 +36,7 @@ import io
 import json
 import mimetypes
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -371,12 +372,12 @@ def results_parquet(rows: Sequence[Mapping[str, Any]]) -> bytes:
 
 def read_results(store: ObjectStore, batch_id: str) -> list[dict[str, Any]]:
     """The rows of a batch's ``results.parquet`` ([] when the batch never ran)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     key = f"outputs/{batch_id}/{RESULTS_FILE}"
     if store.exists(key) is None:
         return []
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     data = store.get_bytes(key)
     try:
         rows: list[dict[str, Any]] = pq.read_table(io.BytesIO(data)).to_pylist()
@@ -401,6 +402,7 @@ class _Entry:
     prompt_id: str = ""
     submitted: float = 0.0
     first_submit: float | None = None
+    last_error: str = ""
 
 
 def _safe_name(name: str) -> str:
@@ -475,6 +477,7 @@ class _Engine:
         self._ready: deque[_Entry] = deque()
         self._delayed: list[tuple[float, _Entry]] = []
         self._outstanding = 0
+        self._hold_until = 0.0
         self._slots = threading.Semaphore(queue_depth)
         self._event_lock = threading.Lock()
         self._memo_lock = threading.Lock()
@@ -531,15 +534,17 @@ class _Engine:
                     for entry in dropped:
                         self._cv.release()
                         try:
-                            self._fail(entry, f"not run: {self.stopped}")
+                            self._fail(entry, _not_run(entry, self.stopped))
                         finally:
                             self._cv.acquire()
                     continue
-                if self._ready:
+                if self._ready and now >= self._hold_until:
                     return self._ready.popleft()
                 timeout = None
                 if self._delayed:
                     timeout = max(0.0, min(d[0] for d in self._delayed) - now)
+                if self._ready:
+                    timeout = max(0.0, self._hold_until - now)
                 self._cv.wait(timeout)
 
     def _start(self, entry: _Entry) -> None:
@@ -554,7 +559,7 @@ class _Engine:
         self._slots.acquire()
         if self.stopped:
             self._slots.release()
-            self._fail(entry, f"not run: {self.stopped}")
+            self._fail(entry, _not_run(entry, self.stopped))
             return
         try:
             submitted = time.monotonic()
@@ -582,11 +587,16 @@ class _Engine:
 
     def _retry_or_fail(self, entry: _Entry, exc: BaseException) -> None:
         message = _describe(exc)
+        entry.last_error = message
         if is_transient(exc) and entry.attempt <= self.retries and not self.stopped:
             delay = self.backoff * 2 ** (entry.attempt - 1)
             self.emit("retry", entry.job.id, message=f"attempt {entry.attempt}: {message}")
             with self._cv:
-                self._delayed.append((time.monotonic() + delay, entry))
+                due = time.monotonic() + delay
+                self._delayed.append((due, entry))
+                if isinstance(exc, ComfyConnectionError):
+                    # ComfyUI itself is unreachable: hold every submission, not just this one.
+                    self._hold_until = max(self._hold_until, due)
                 self._cv.notify_all()
             return
         if isinstance(exc, ComfyConnectionError) and not self.stopped:
@@ -601,7 +611,7 @@ class _Engine:
             with self._cv:
                 if not self.stopped:
                     self.stopped = (
-                        f"ComfyUI at {self.client.base_url} stopped answering ({exc.message}); "
+                        f"ComfyUI at {self.client.base_url} stopped answering; "
                         "rerun the same batch id to resume"
                     )
                 self._cv.notify_all()
@@ -653,6 +663,8 @@ class _Engine:
         wf = self._workflows()
         job = entry.job
         values = job.values()
+        # ComfyUI's own copy lands in output/comfyfleet/<batch>/<job>_NNNNN_.png.
+        values.setdefault("filename_prefix", f"comfyfleet/{self.batch_id}/{job.id}")
         for column, source in job.image_inputs().items():
             values[column] = self._upload(source)
         entry.loras = self.loras.resolve(job.loras) if job.loras else []
@@ -828,17 +840,18 @@ class _Engine:
         spec = self._spec(name)
         if spec is None:
             return f"{name} is not a built-in workflow"
+        values = {"image": "input.png"}
         try:
             missing = []
             listed: dict[str, set[str]] = {}
-            for folder, file in _required_models(spec):
+            for folder, file in _required_models(spec, values):
                 if folder not in listed:
                     listed[folder] = set(self.client.list_models(folder))
                 if file not in listed[folder]:
                     missing.append(f"{folder}/{file}")
             if missing:
                 return f"{name} needs {', '.join(missing)}, which this ComfyUI does not list"
-            need = self._vram_need(name, spec)
+            need = self._vram_need(name, spec, values)
             have = _vram_total_gb(self.client.system_stats())
             if need > 0 and (have is None or have < need):
                 shown = "unknown" if have is None else f"{have:.1f} GiB"
@@ -847,8 +860,8 @@ class _Engine:
             return f"cannot ask ComfyUI about {name}: {_describe(exc)}"
         return ""
 
-    def _vram_need(self, name: str, spec: Any) -> float:
-        files = [file for _, file in _required_models(spec)]
+    def _vram_need(self, name: str, spec: Any, values: Mapping[str, Any]) -> float:
+        files = [file for _, file in _required_models(spec, values)]
         from_catalog = [self.catalog_vram[f] for f in files if f in self.catalog_vram]
         if from_catalog:
             return max(from_catalog)
@@ -860,7 +873,10 @@ class _Engine:
     def _local_video(self, job: Job, image_bytes: bytes) -> tuple[list[str], float]:
         assert job.video is not None
         uploaded = self.client.upload_image(image_bytes)
-        values: dict[str, Any] = {"image": uploaded.ref}
+        values: dict[str, Any] = {
+            "image": uploaded.ref,
+            "filename_prefix": f"comfyfleet/{self.batch_id}/{job.id}_video",
+        }
         for name in ("prompt", "negative", "seed"):
             value = getattr(job, name)
             if value is not None:
@@ -933,6 +949,16 @@ class _Engine:
         return keys
 
 
+def _not_run(entry: _Entry, stopped: str) -> str:
+    if entry.last_error:
+        return f"{entry.last_error}; not retried: {stopped}"
+    return f"not run: {stopped}"
+
+
+def _import_parquet() -> None:
+    import pyarrow.parquet  # noqa: F401
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ComfyfleetError):
         return exc.one_line()
@@ -943,21 +969,9 @@ def _workflow_label(workflow: str) -> str:
     return Path(workflow).name if ("/" in workflow or "\\" in workflow) else workflow
 
 
-def _required_models(spec: Any) -> list[tuple[str, str]]:
-    """(folder, file) pairs a built-in workflow spec needs, whatever shape it keeps them in."""
-    raw = getattr(spec, "required_models", None) or getattr(spec, "models", None) or ()
-    pairs: list[tuple[str, str]] = []
-    if isinstance(raw, Mapping):
-        for folder, files in raw.items():
-            for file in [files] if isinstance(files, str) else files:
-                pairs.append((str(folder), str(file)))
-        return pairs
-    for item in raw:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            pairs.append((str(item[0]), str(item[1])))
-        elif hasattr(item, "folder") and hasattr(item, "file"):
-            pairs.append((str(item.folder), str(item.file)))
-    return pairs
+def _required_models(spec: Any, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(folder, file) pairs a built-in workflow needs for ``values``."""
+    return [(str(f), str(n)) for f, n in spec.required_models(values)]
 
 
 def _vram_total_gb(stats: Mapping[str, Any]) -> float | None:
@@ -1011,6 +1025,9 @@ def run_batch(
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"duplicate job ids: {', '.join(dup)}", hint="job ids must be unique")
     began = time.monotonic()
+    if "pyarrow.parquet" not in sys.modules:
+        # Half a second of imports; done while the first prompts run, not before them.
+        threading.Thread(target=_import_parquet, daemon=True, name="comfyfleet-import").start()
     ledger = ResultsLedger(store, batch_id)
     skipped: dict[str, JobResult] = {}
     todo: list[_Entry] = []

@@ -169,10 +169,12 @@ def _builtin_names() -> tuple[set[str], set[str]]:
     from comfyfleet.comfy.workflows import BUILTIN_WORKFLOWS
 
     names = set(BUILTIN_WORKFLOWS)
+    # A video stage turns the job's image into a video: workflows that take an image and
+    # make an animation (wan_i2v, svd_i2v, cogvideox with an image).
     videos = {
         name
         for name, spec in BUILTIN_WORKFLOWS.items()
-        if getattr(spec, "needs_image", False) and getattr(spec, "output", "") == "video"
+        if (spec.needs_image or spec.optional_image) and spec.output_kind != "images"
     }
     return names, videos
 

@@ -1,0 +1,141 @@
+"""Batch generation benchmark: does ComfyUI ever idle between jobs?
+
+Runs ``--jobs`` text-to-image jobs through :func:`comfyfleet.generate.run_batch` against the
+ComfyUI test server (tests/doubles/comfyui.py) whose prompts each take ``--exec`` seconds,
+with outputs stored in a local store, twice in the same process:
+
+  (a) pipelined      ``queue_depth=2`` (the default): the next prompt is queued before the
+                     current one finishes
+  (b) naive          ``queue_depth=1``: submit, wait, fetch, submit the next (what a simple
+                     script does)
+
+For each it prints wall time / (jobs x exec) -- target <= 1.03 for (a) -- plus wall time over
+the execution seconds ComfyUI itself reported (which also carry the test server's own few
+milliseconds per prompt), the idle gaps the server saw between prompts, and (b)/(a).
+
+    python bench/generate.py                       # 200 jobs x 0.05 s
+    python bench/generate.py --jobs 500 --exec 0.02 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from comfyfleet.comfy.client import ComfyClient  # noqa: E402
+from comfyfleet.generate import run_batch  # noqa: E402
+from comfyfleet.jobs import Job  # noqa: E402
+from comfyfleet.store.local import LocalStore  # noqa: E402
+from tests.doubles.comfyui import FakeComfyUI  # noqa: E402
+
+
+def _serve_fake(exec_s: float, conn: Any) -> None:
+    """Child process: a FakeComfyUI until told to stop, then its idle gaps and run times."""
+    with FakeComfyUI(execution_time=exec_s) as fake:
+        conn.send(fake.url)
+        conn.recv()
+        conn.send({"gaps": fake.idle_gaps(), "runs": [r.ended - r.started for r in fake.timeline]})
+
+
+def one_run(jobs: int, exec_s: float, depth: int, workdir: Path) -> dict[str, Any]:
+    batch = [
+        Job(
+            id=f"job-{n:04d}",
+            workflow="sdxl_txt2img",
+            row=n + 1,
+            prompt=f"a fox, take {n}",
+            seed=n,
+            steps=4,
+        )
+        for n in range(jobs)
+    ]
+    store = LocalStore(workdir / f"store-depth{depth}")
+    # ComfyUI is its own process: so is the test server, or it would share our GIL.
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_serve_fake, args=(exec_s, theirs), daemon=True)
+    child.start()
+    try:
+        url = ours.recv()
+        with ComfyClient(url) as client:
+            began = time.monotonic()
+            report = run_batch(
+                batch, client=client, store=store, batch_id="bench", queue_depth=depth
+            )
+            wall = time.monotonic() - began
+        ours.send("stop")
+        server = ours.recv()
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    if not report.ok:
+        failed = [r for r in report.results if r.status != "ok"]
+        raise SystemExit(f"benchmark batch failed: {failed[0].id}: {failed[0].error}")
+    gaps = server["gaps"]
+    nominal = jobs * exec_s
+    return {
+        "queue_depth": depth,
+        "jobs": jobs,
+        "exec_s": exec_s,
+        "wall_s": round(wall, 3),
+        "ratio_nominal": round(wall / nominal, 4),
+        "comfy_exec_s": round(sum(server["runs"]), 3),
+        "ratio_reported": round(wall / sum(server["runs"]), 4),
+        "idle_total_s": round(sum(gaps), 3),
+        "idle_max_s": round(max(gaps, default=0.0), 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument(
+        "--exec",
+        dest="exec_s",
+        type=float,
+        default=0.05,
+        help="seconds each prompt executes in the test server (default 0.05)",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with tempfile.TemporaryDirectory(prefix="comfyfleet-bench-") as tmp:
+        piped = one_run(args.jobs, args.exec_s, 2, Path(tmp))
+        naive = one_run(args.jobs, args.exec_s, 1, Path(tmp))
+    speedup = naive["wall_s"] / piped["wall_s"]
+    if args.json:
+        print(
+            json.dumps(
+                {"pipelined": piped, "naive": naive, "naive_over_pipelined": round(speedup, 3)},
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"{args.jobs} jobs x {args.exec_s} s execution each (ideal {args.jobs * args.exec_s:.2f} s)"
+    )
+    for label, r in (("pipelined (queue_depth=2)", piped), ("naive     (queue_depth=1)", naive)):
+        print(
+            f"  {label}: wall {r['wall_s']:.2f} s  wall/(jobs x exec) = {r['ratio_nominal']:.3f}"
+            f"  wall/ComfyUI-reported exec ({r['comfy_exec_s']:.2f} s) = {r['ratio_reported']:.3f}"
+            f"  idle {r['idle_total_s']:.2f} s (max gap {r['idle_max_s'] * 1000:.1f} ms)"
+        )
+    target = "met" if piped["ratio_nominal"] <= 1.03 else "MISSED"
+    print(f"  naive / pipelined wall = {speedup:.2f}x; target wall/(jobs x exec) <= 1.03: {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
