@@ -251,6 +251,10 @@ def render_onstart(settings: OnstartSettings | None = None) -> str:
         "  # instance's worker, then emit the event the trigger waits for. The work pool must",
         "  # serve this instance alone, or another instance's worker may take the run.",
         '  [[ -n "${PREFECT_API_URL:-}" ]] || die "--via worker needs PREFECT_API_URL"',
+        "  # prefect.yaml's pull step enters $COMFYFLEET_SRC: where flows/warmup.py is installed.",
+        '  COMFYFLEET_SRC="${COMFYFLEET_SRC:-$("$VENV/bin/python" -c '
+        "'import flows, os; print(os.path.dirname(list(flows.__path__)[0]))')}\"",
+        "  export COMFYFLEET_SRC",
         '  if ! pgrep -f "prefect worker start --pool $COMFYFLEET_WORK_POOL" >/dev/null; then',
         '    nohup "$VENV/bin/prefect" worker start --pool "$COMFYFLEET_WORK_POOL" '
         '--name "$INSTANCE_ID" --limit 1 >>"$COMFYFLEET_HOME/worker.log" 2>&1 &',
