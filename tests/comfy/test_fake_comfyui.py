@@ -467,9 +467,7 @@ def test_die_after_prompts_and_restart(fake: FakeComfyUI) -> None:
     url = fake.url
     post(fake, "/prompt", json={"prompt": smoke("smoke.png")})
     post(fake, "/prompt", json={"prompt": smoke("smoke.png", "other")})
-    deadline = time.monotonic() + 5
-    while fake.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert fake.wait_stopped(5)
     with pytest.raises(httpx.ConnectError):
         HTTP.get(url + "/queue")
     fake.die_after_prompts = None

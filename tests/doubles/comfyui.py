@@ -463,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 for frame in conn.receive(data):
                     if frame.opcode is Opcode.TEXT:
-                        fake._ws_text(sid, conn, frame.data)
+                        fake._ws_text(sid, conn, bytes(frame.data))
                 if conn.proto.state is State.CLOSED:
                     break
         except OSError:
@@ -553,6 +553,8 @@ class FakeComfyUI:
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._stopped = threading.Event()
+        self._stopped.set()
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -580,12 +582,17 @@ class FakeComfyUI:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        """False once stop() (or a die) has closed the listener and every connection."""
+        return not self._stopped.is_set()
+
+    def wait_stopped(self, timeout: float = 10.0) -> bool:
+        return self._stopped.wait(timeout)
 
     def start(self) -> FakeComfyUI:
         if self._server is not None:
             return self
         self._stopping = False
+        self._stopped.clear()
         server = _Server(("127.0.0.1", self._port), self)
         self._port = server.server_address[1]
         self._server = server
@@ -615,6 +622,7 @@ class FakeComfyUI:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
+        self._stopped.set()
 
     def restart(self) -> None:
         """Come back on the same port like a restarted ComfyUI: files and models stay,
@@ -913,8 +921,8 @@ class FakeComfyUI:
                 number = -self._number if data.get("front") else self._number
                 self._number += 1
         if "prompt" not in data:
-            error = _prompt_error("no_prompt", "No prompt provided", "No prompt provided")
-            return _json({"error": error, "node_errors": {}}, 400)
+            no_prompt = _prompt_error("no_prompt", "No prompt provided", "No prompt provided")
+            return _json({"error": no_prompt, "node_errors": {}}, 400)
         prompt = copy.deepcopy(data["prompt"])
         partial = data.get("partial_execution_targets")
         error, outputs, node_errors = self._validate(prompt, partial)
@@ -1035,7 +1043,7 @@ class FakeComfyUI:
         valid = True
         names = list(required) + [n for n in optional if n in inputs and n not in required]
         for name in names:
-            config = required.get(name) or optional.get(name)
+            config: list[Any] = required.get(name) or optional[name]
             if name not in inputs:
                 errors.append({
                     "type": "required_input_missing",
