@@ -44,6 +44,7 @@ from comfyfleet.errors import (
 )
 
 from .images import DEFAULT_MAX_IMAGE_BYTES, content_name, display_source, load_image_source
+from .template import image_columns
 from .ws import CONNECTION_EVENT, EventListener, ProgressEvent
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -567,6 +568,14 @@ class ComfyClient:
                 f"ComfyUI's /upload/image answer has no name: {response.text[:200]}"
             ) from exc
 
+    def upload_images(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a job's values with every image column uploaded and replaced by the
+        ``LoadImage`` name ComfyUI returned (see :func:`template.image_columns`)."""
+        out = dict(values)
+        for column in image_columns(values):
+            out[column] = self.upload_image(str(values[column])).ref
+        return out
+
     # ------------------------------------------------------------ workflows
 
     def check_workflow(self, workflow: Mapping[str, Any]) -> None:
@@ -622,6 +631,8 @@ class ComfyClient:
         }
         if front:
             body["front"] = True
+        # Socket down now: ComfyUI would drop this prompt's events, so its waiter must poll.
+        blind = not listener.connected
         try:
             response = self._request("POST", "/prompt", json=body)
         except BaseException:
@@ -643,9 +654,11 @@ class ComfyClient:
             )
         queued_id = str(answer.get("prompt_id") or prompt_id)
         if queued_id != prompt_id:
-            # An older ComfyUI ignored our id: events before now may be lost, poll first.
+            # An older ComfyUI ignored our id: events before now may be lost.
             listener.unwatch(prompt_id)
             listener.watch(queued_id)
+            blind = True
+        if blind:
             with self._lock:
                 self._late.add(queued_id)
         if answer.get("node_errors"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -183,3 +184,19 @@ def test_refused_upload_never_reaches_comfyui(fake: FakeComfyUI, client: ComfyCl
             small.upload_image(png_bytes(64, 64))
     finally:
         small.close()
+
+
+def test_loadimage_template_fed_by_an_image_url(
+    fake: FakeComfyUI, client: ComfyClient, web: str, tmp_path: Path
+) -> None:
+    from comfyfleet.comfy import build_workflow
+    from tests.comfy.graphs import smoke
+
+    template = tmp_path / "invert.json"
+    template.write_text(json.dumps(smoke("{{image}}", prefix="{{out}}")))
+    values = {"image": f"{web}/cat.png", "out": "jobs/j1", "prompt": "unused"}
+    prepared = client.upload_images(values)
+    assert prepared["image"] == content_name(png_bytes(rgb=(10, 20, 30)), ".png")
+    assert prepared["out"] == "jobs/j1" and values["image"].startswith("http")
+    result = client.run(build_workflow(str(template), prepared), timeout=10)
+    assert [(o.subfolder, o.filename) for o in result.outputs] == [("jobs", "j1_00001_.png")]

@@ -46,7 +46,16 @@ Knobs (attributes; change them while the server runs):
 
 Records for assertions: ``files`` ((type, subfolder, name) -> bytes), ``requests``
 ((method, path)), ``accepted`` (queued /prompt items), ``timeline`` (``Run`` per executed
-prompt with monotonic start/end), ``free_calls``, ``interrupt_calls``; ``idle_gaps()``.
+prompt with monotonic start/end), ``free_calls``, ``interrupt_calls``.
+
+Helpers: ``start()``/``stop()`` (or ``with FakeComfyUI() as fake``), ``url``/``port``,
+``restart()``, ``wait_stopped()``, ``wait_idle()``, ``idle_gaps()`` (seconds between one
+prompt's end and the next one's start: the benchmark's "ComfyUI never idles"),
+``add_input_image()``, ``history()``; module functions ``png_bytes()``, ``webp_bytes()``,
+``gif_bytes()``, ``webm_bytes()``, ``mp4_bytes()`` make small real media files.
+
+Note for timing runs: an identical prompt is served from the cache and takes no time, as in
+ComfyUI; vary the seed or set ``cache_enabled = False``.
 """
 
 from __future__ import annotations
