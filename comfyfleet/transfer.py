@@ -740,7 +740,9 @@ class _Puller:
         try:
             todo = job.open(resume=resume)
         except BaseException as exc:  # noqa: BLE001 - reported per file
-            self._fail(job, exc, keep=False)
+            # Another process's .part is not ours to delete; anything else failed to set up
+            # (no space to preallocate, ...) and is removed.
+            self._fail(job, exc, keep=isinstance(exc, LockHeldError))
             return
         self.progress(job.resumed_bytes)
         if job.digest is not None:
