@@ -30,8 +30,8 @@ def test_csv_keeps_text_ids_and_converts_numbers(tmp_path: Path) -> None:
     path.write_text(
         "id,workflow,prompt,seed,width,height,steps,cfg,image,video,loras,style,mask_image\n"
         "007,sdxl_t2i,a fox,42,1024,1024,20,6.5,,,,noir,\n"
-        "b,wf.json,a cat,,,,,,in.png,wan_i2v,\"my-lora:0.8;https://civitai.com/models/1?"
-        "modelVersionId=2:0.6:0.4\",,in.png\n"
+        'b,wf.json,a cat,,,,,,in.png,wan_i2v,"my-lora:0.8;https://civitai.com/models/1?'
+        'modelVersionId=2:0.6:0.4",,in.png\n'
     )
     first, second = read(path)
     assert first.id == "007" and first.seed == 42 and first.width == 1024 and first.cfg == 6.5
@@ -51,8 +51,13 @@ def test_csv_keeps_text_ids_and_converts_numbers(tmp_path: Path) -> None:
 
 def test_jsonl_and_parquet(tmp_path: Path) -> None:
     rows = [
-        {"id": 1, "workflow": "sdxl_t2i", "prompt": "x", "seed": 3,
-         "loras": [{"name": "a.safetensors", "strength": 0.5}]},
+        {
+            "id": 1,
+            "workflow": "sdxl_t2i",
+            "prompt": "x",
+            "seed": 3,
+            "loras": [{"name": "a.safetensors", "strength": 0.5}],
+        },
         {"id": "two", "workflow": "sdxl_t2i", "prompt": "y"},
     ]
     jsonl = tmp_path / "jobs.jsonl"
@@ -62,8 +67,10 @@ def test_jsonl_and_parquet(tmp_path: Path) -> None:
     assert jobs[0].loras == (LoraRef("a.safetensors", 0.5, 0.5),)
     parquet = tmp_path / "jobs.parquet"
     pd.DataFrame(
-        [{"id": "p1", "workflow": "sdxl_t2i", "seed": 7, "steps": 4},
-         {"id": "p2", "workflow": "sdxl_t2i", "seed": None, "steps": None}]
+        [
+            {"id": "p1", "workflow": "sdxl_t2i", "seed": 7, "steps": 4},
+            {"id": "p2", "workflow": "sdxl_t2i", "seed": None, "steps": None},
+        ]
     ).to_parquet(parquet)
     p1, p2 = read(parquet)
     assert (p1.seed, p1.steps, p2.seed, p2.steps) == (7, 4, None, None)
@@ -76,7 +83,7 @@ def test_every_problem_is_named(tmp_path: Path) -> None:
         "a,sdxl_t2i,-1,1004,abc,,,\n"
         "a,nope,,,,,missing.png,\n"
         ",sdxl_t2i,,,,,,\n"
-        "c,sdxl_t2i,,,,mochi,ftp://x/y.png,\"[1,\"\n"
+        'c,sdxl_t2i,,,,mochi,ftp://x/y.png,"[1,"\n'
     )
     with pytest.raises(ConfigError) as info:
         read(path)
@@ -135,11 +142,15 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
         ("a:0.5", [LoraRef("a", 0.5, 0.5)]),
         ("a:0.5:-1", [LoraRef("a", 0.5, -1.0)]),
         ("x.safetensors:1e-1; b", [LoraRef("x.safetensors", 0.1, 0.1), LoraRef("b", 1, 1)]),
-        ("https://huggingface.co/o/r/blob/main/l.safetensors",
-         [LoraRef("https://huggingface.co/o/r/blob/main/l.safetensors", 1, 1)]),
+        (
+            "https://huggingface.co/o/r/blob/main/l.safetensors",
+            [LoraRef("https://huggingface.co/o/r/blob/main/l.safetensors", 1, 1)],
+        ),
         ("http://host:8080", [LoraRef("http://host:8080", 1, 1)]),
-        ('["a:0.3", {"url": "u", "strength_model": 2, "strength_clip": 0}]',
-         [LoraRef("a", 0.3, 0.3), LoraRef("u", 2.0, 0.0)]),
+        (
+            '["a:0.3", {"url": "u", "strength_model": 2, "strength_clip": 0}]',
+            [LoraRef("a", 0.3, 0.3), LoraRef("u", 2.0, 0.0)],
+        ),
         ("", []),
     ],
 )

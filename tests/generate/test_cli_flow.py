@@ -1,0 +1,141 @@
+"""``comfyfleet generate`` in-process, and the ``generate-batch`` flow on Prefect's engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+
+from comfyfleet.cli import main
+from comfyfleet.generate import default_batch_id, read_results
+from comfyfleet.store.local import LocalStore
+from tests.doubles.comfyui import FakeComfyUI
+from tests.doubles.fal import TEST_KEY, FalDouble
+
+
+def write_jobs(tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_runs_a_batch_and_resumes(
+    fake: FakeComfyUI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, [
+        {"id": "one", "workflow": "sdxl_txt2img", "prompt": "a fox", "steps": 4},
+        {"id": "two", "workflow": "pony_txt2img", "prompt": "a cat"},
+    ])  # fmt: skip
+    store = tmp_path / "store"
+    argv = ["generate", str(jobs), "--comfy-url", fake.url, "--store", str(store), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    batch = default_batch_id(jobs)
+    assert out["batch_id"] == batch and out["counts"] == {"ok": 2, "failed": 0, "skipped": 0}
+    assert [j["status"] for j in out["jobs"]] == ["ok", "ok"]
+    assert out["results"] == f"outputs/{batch}/results.parquet"
+    assert len(read_results(LocalStore(store), batch)) == 2
+    # Again: nothing to do, everything skipped, the human-readable table this time.
+    assert main(argv[:-1]) == 0
+    text = capsys.readouterr().out
+    assert "0 ok, 0 failed, 2 skipped" in text and "skipped" in text
+    assert len(fake.accepted) == 2
+
+
+def test_cli_exit_code_and_errors(
+    fake: FakeComfyUI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path, [
+        {"id": "good", "workflow": "sdxl_txt2img", "prompt": "x"},
+        {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "nope.ckpt"},
+    ])  # fmt: skip
+    store = str(tmp_path / "store")
+    code = main(["generate", str(jobs), "--comfy-url", fake.url, "--store", store,
+                 "--batch-id", "b1", "--no-fal"])  # fmt: skip
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "1 ok, 1 failed" in out and "ckpt_name" in out
+    # A bad jobs file is a usage error (exit 2) naming row and column.
+    broken = write_jobs(tmp_path, [{"id": "x", "workflow": "sdxl_txt2img", "seed": "many"}])
+    assert main(["generate", str(broken), "--comfy-url", fake.url, "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "jobs.jsonl row 1 (id 'x'): column 'seed'" in err
+    assert main(["generate", str(jobs), "--comfy-url", fake.url, "--store", store,
+                 "--queue-depth", "0"]) == 2  # fmt: skip
+
+
+def artifacts_of(flow_run_id: UUID) -> dict[str, list[Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_type: dict[str, list[Any]] = {}
+    for artifact in found:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    return by_type
+
+
+@pytest.mark.flow
+def test_flow_runs_batch_and_creates_artifacts(
+    prefect_harness: None,
+    fake: FakeComfyUI,
+    fal: FalDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.generate import generate_batch
+
+    monkeypatch.setenv("FAL_KEY", TEST_KEY)
+    fake.models["diffusion_models"] = []
+    jobs = write_jobs(tmp_path, [
+        {"id": "still", "workflow": "sdxl_txt2img", "prompt": "a fox"},
+        {"id": "moving", "workflow": "sdxl_txt2img", "prompt": "a fox", "video": "wan_i2v"},
+    ])  # fmt: skip
+    store = tmp_path / "store"
+    state = generate_batch(
+        jobs_file=str(jobs), comfy_url=fake.url, store=str(store), batch_id="Flow_1",
+        fal_url=fal.url, return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["counts"] == {"ok": 2, "failed": 0, "skipped": 0}
+    rows = {r["id"]: r for r in read_results(LocalStore(store), "Flow_1")}
+    assert rows["moving"]["video_path"] == "fal"
+    arts = artifacts_of(state.state_details.flow_run_id)
+    (table,) = arts["table"]
+    assert table.key == "generate-jobs-flow-1"
+    data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
+    assert [(r["id"], r["status"], r["video"]) for r in data] == [
+        ("still", "ok", ""),
+        ("moving", "ok", "fal"),
+    ]
+    (markdown,) = arts["markdown"]
+    assert "ok 2, failed 0" in str(markdown.data) and "1 on fal.ai" in str(markdown.data)
+    (progress,) = arts["progress"]
+    assert float(progress.data) == 100.0
+    # The key never reached logs or artifacts.
+    assert TEST_KEY not in json.dumps([str(a.data) for a in arts["table"] + arts["markdown"]])
+
+
+@pytest.mark.flow
+def test_flow_fails_when_a_job_fails(
+    prefect_harness: None, fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    from flows.generate import generate_batch
+
+    jobs = write_jobs(tmp_path, [
+        {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "nope.ckpt"},
+    ])  # fmt: skip
+    state = generate_batch(
+        jobs_file=str(jobs), comfy_url=fake.url, store=str(tmp_path / "s"), fal_fallback=False,
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    assert "1 job(s) failed (bad)" in str(state.message), state.message
