@@ -564,6 +564,7 @@ class FakeComfyUI:
         self._stopping = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._halt = threading.Event()  # set by stop(): cut sleeps short
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -602,6 +603,7 @@ class FakeComfyUI:
             return self
         self._stopping = False
         self._stopped.clear()
+        self._halt.clear()
         server = _Server(("127.0.0.1", self._port), self)
         self._port = server.server_address[1]
         self._server = server
@@ -621,6 +623,7 @@ class FakeComfyUI:
         """Stop serving: close the listener and abort every connection (idempotent)."""
         with self._cv:
             self._stopping = True
+            self._halt.set()
             self._interrupt.set()
             self._cv.notify_all()
             server, self._server = self._server, None
@@ -885,13 +888,13 @@ class FakeComfyUI:
         with self._lock:
             if data.get("clear"):
                 self._queue = []
+                self._broadcast_status()
             for prompt_id in data.get("delete") or []:
                 before = len(self._queue)
                 self._queue = [q for q in self._queue if q[1] != prompt_id]
                 heapq.heapify(self._queue)
-                if len(self._queue) == before:
-                    continue
-            self._broadcast_status()
+                if len(self._queue) != before:  # ComfyUI announces only real changes
+                    self._broadcast_status()
         return _empty()
 
     def _post_interrupt(self, body: bytes) -> _Response:
@@ -1404,7 +1407,10 @@ class FakeComfyUI:
     ) -> bool:
         """Run one node for ``seconds``; sampler nodes report progress. False if interrupted."""
         if node["class_type"] not in SAMPLER_CLASSES:
-            return not (seconds > 0 and self._interrupt.wait(seconds))
+            # The interrupt flag is checked between nodes: a plain node runs to its end.
+            if seconds > 0:
+                self._halt.wait(seconds)
+            return True
         steps = node.get("inputs", {}).get("steps", 20)
         steps = steps if isinstance(steps, int) and steps > 0 else 20
         count = max(1, min(self.progress_steps, steps))
