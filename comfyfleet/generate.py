@@ -32,6 +32,7 @@ store, run video stages and record. ``on_event`` is called from all of them, ser
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mimetypes
@@ -51,6 +52,7 @@ from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
     ComfyfleetError,
+    ComfyTimeout,
     ConfigError,
     FalError,
     StoreError,
@@ -96,6 +98,8 @@ class ComfyAPI(Protocol):
         self, prompt_id: str, *, timeout: float | None = None, on_progress: Any = None
     ) -> PromptResult: ...
     def fetch_output(self, f: OutputFile) -> bytes: ...
+    def delete_queued(self, prompt_ids: Iterable[str]) -> None: ...
+    def interrupt(self, prompt_id: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -578,12 +582,20 @@ class _Engine:
         try:
             result = self.client.wait(entry.prompt_id, timeout=self.prompt_timeout)
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, ComfyTimeout):
+                self._abandon(entry.prompt_id)
             self._slots.release()
             self._retry_or_fail(entry, exc)
             return
         finished = time.monotonic()
         self._slots.release()
         self._post.submit(self._finish, entry, result, finished)
+
+    def _abandon(self, prompt_id: str) -> None:
+        # A prompt we stopped waiting for must not run on (or run twice after a retry).
+        with contextlib.suppress(ComfyfleetError):
+            self.client.delete_queued([prompt_id])
+            self.client.interrupt(prompt_id)
 
     def _retry_or_fail(self, entry: _Entry, exc: BaseException) -> None:
         message = _describe(exc)

@@ -327,3 +327,18 @@ def test_bad_arguments(
         run_batch(jobs, client=client, store=local_store, batch_id="b", queue_depth=0)
     with pytest.raises(ConfigError, match="duplicate job ids"):
         run_batch(jobs + jobs, client=client, store=local_store, batch_id="b")
+
+
+def test_prompt_timeout_cancels_then_retries(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory
+) -> None:
+    fake.execution_time = 2.0
+    jobs = make_jobs([{"id": "slow", "workflow": "sdxl_txt2img", "prompt": "x"}])
+    report = run_batch(jobs, client=client, store=local_store, batch_id="slow", retries=1,
+                       retry_backoff_s=0.01, prompt_timeout_s=0.3)  # fmt: skip
+    result = report.results[0]
+    assert result.status == "failed" and result.attempt == 2
+    assert "did not finish within 0.3 s" in result.error
+    # Each abandoned prompt was interrupted, so ComfyUI did not keep working on it.
+    assert [c.get("prompt_id") for c in fake.interrupt_calls] == [item[1] for item in fake.accepted]
+    assert fake.wait_idle(timeout=5)

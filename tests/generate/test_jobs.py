@@ -163,3 +163,14 @@ def test_parse_loras_refuses_nonsense() -> None:
         parse_loras(":0.5")
     with pytest.raises(ValueError, match="needs 'name'"):
         parse_loras('[{"strength": 1}]')
+
+
+def test_default_workflow_names_come_from_the_builtin_set(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,workflow,video\na,sdxl_txt2img,wan_i2v\nb,pony_txt2img,hunyuan_t2v\n")
+    with pytest.raises(ConfigError) as info:
+        read_jobs(path)
+    text = str(info.value)
+    assert "row 2 (id 'b'): column 'video': unknown video workflow 'hunyuan_t2v'" in text
+    assert "cogvideox, svd_i2v, wan_i2v" in text
+    assert "row 1" not in text
