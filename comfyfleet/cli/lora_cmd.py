@@ -208,12 +208,16 @@ def _append_text(text: str, data: dict[str, Any], entry: dict[str, Any]) -> str 
 
 
 def render_with_entry(text: str | None, data: dict[str, Any], entry: dict[str, Any]) -> str:
+    """The catalog file's new text: ``entry`` appended, the rest kept."""
     if text is None or not data:
-        header = "# LoRAs added with `comfyfleet lora add`; same schema as catalog/models.yaml.\n"
         body = yaml.safe_dump(
             {"schema": 1, "models": [entry]}, sort_keys=False, allow_unicode=True, width=1000
         )
-        return header + body
+        if text and text.strip():
+            return text.rstrip("\n") + "\n\n" + body  # a file of comments only keeps them
+        return (
+            "# LoRAs added with `comfyfleet lora add`; same schema as catalog/models.yaml.\n" + body
+        )
     appended = _append_text(text, data, entry)
     if appended is not None:
         return appended

@@ -165,3 +165,33 @@ def test_lora_add_rejects_what_is_not_a_link(
     code = main(["lora", "add", "https://example.com/x.safetensors", "--catalog", str(tmp_path)])
     assert code == 2
     assert "not a Hugging Face or CivitAI link" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("before", "kept"),
+    [
+        ("# only a comment\n", ["# only a comment"]),
+        (  # models is not the last block: rewritten, every entry and profile kept
+            "schema: 1\nmodels:\n- id: mine\n  folder: loras\n  file: mine.safetensors\n"
+            "  source: {type: url, url: 'https://example.invalid/m.safetensors'}\n"
+            "profiles:\n  mine: {models: [mine]}\n",
+            [],
+        ),
+    ],
+)
+def test_lora_add_into_other_file_layouts(
+    hub: FakeHub, tmp_path: Path, before: str, kept: list[str]
+) -> None:
+    hub.add_file("o/r", "one.safetensors", payload(500))
+    catalog = tmp_path / "loras.yaml"
+    catalog.write_text(before)
+    link = "https://huggingface.co/o/r/blob/main/one.safetensors"
+    assert main(["lora", "add", link, "--catalog", str(catalog), "--no-mirror"]) == 0
+    text = catalog.read_text()
+    for line in kept:
+        assert line in text
+    data = yaml.safe_load(text)
+    assert data["models"][-1]["id"] == "one"
+    if "profiles" in before:
+        assert data["profiles"] == {"mine": {"models": ["mine"]}}
+        assert [m["id"] for m in data["models"]] == ["mine", "one"]
