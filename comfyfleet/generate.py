@@ -311,13 +311,22 @@ def default_batch_id(jobs_file: str | Path) -> str:
 
 
 class ResultsLedger:
-    """``outputs/<batch>/results.parquet``: one row per job, rewritten atomically per change."""
+    """``outputs/<batch>/results.parquet``: one row per job, rewritten atomically on change.
+
+    Writes are coalesced: while one thread writes, rows recorded meanwhile are picked up by
+    its next pass instead of each starting a write of its own. A row recorded just before a
+    crash may thus be missing; its job is then simply run again (its folder is cleared
+    first), so nothing is lost or duplicated.
+    """
 
     def __init__(self, store: ObjectStore, batch_id: str) -> None:
         self.store = store
         self.key = f"outputs/{batch_id}/{RESULTS_FILE}"
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._rows: dict[str, dict[str, Any]] = {}
+        self._version = 0
+        self._written = 0
         for row in read_results(store, batch_id):
             self._rows[str(row["id"])] = row
 
@@ -328,11 +337,33 @@ class ResultsLedger:
     def record(self, result: JobResult) -> None:
         with self._lock:
             self._rows[result.id] = result.row()
-            self.store.put_bytes(
-                self.key,
-                results_parquet(list(self._rows.values())),
-                content_type="application/vnd.apache.parquet",
-            )
+            self._version += 1
+        self.flush(wait=False)
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Write until the file holds every recorded row (``wait=False``: unless another
+        thread is writing already, which then does it)."""
+        while True:
+            if not self._writing.acquire(blocking=wait):
+                return
+            try:
+                while True:
+                    with self._lock:
+                        if self._written == self._version:
+                            break
+                        version, rows = self._version, list(self._rows.values())
+                    self.store.put_bytes(
+                        self.key,
+                        results_parquet(rows),
+                        content_type="application/vnd.apache.parquet",
+                    )
+                    self._written = version
+            finally:
+                self._writing.release()
+            # A row recorded between our last check and the release found us busy.
+            with self._lock:
+                if self._written == self._version:
+                    return
 
 
 _RESULT_FIELDS: list[tuple[str, str]] = [
@@ -1076,6 +1107,7 @@ def run_batch(
     for result in skipped.values():
         engine.emit("finished", result.id, result)
     engine.run(todo)
+    ledger.flush()
     results = [skipped.get(j.id) or engine.results[j.id] for j in jobs]
     report = BatchReport(
         batch_id=batch_id,
