@@ -28,8 +28,17 @@ os.environ.update(
         "COMFYFLEET_HOME": str(_SESSION_HOME / "comfyfleet"),
     }
 )
-for _var in ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN", "FAL_KEY", "AWS_PROFILE",
-             "AWS_ENDPOINT_URL", "COMFYFLEET_STORE", "PREFECT_API_URL", "VAST_API_KEY"):
+for _var in (
+    "HF_TOKEN",
+    "CIVITAI_TOKEN",
+    "CIVITAI_API_TOKEN",
+    "FAL_KEY",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "COMFYFLEET_STORE",
+    "PREFECT_API_URL",
+    "VAST_API_KEY",
+):
     os.environ.pop(_var, None)
 
 pytest_plugins: list[str] = ["tests.support.seaweed"]
