@@ -48,6 +48,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from comfyfleet.comfy.workflows import (
+    BUILTIN_WORKFLOWS,
+    LoraSpec,
+    WorkflowSpec,
+    apply_loras,
+    build_workflow,
+)
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
@@ -519,7 +526,6 @@ class _Engine:
         self._checked: dict[str, ComfyError | None] = {}
         self._uploads: dict[str, str] = {}
         self._local_video_why: dict[str, str] = {}  # video workflow -> "" (possible) or why not
-        self._builtins: Mapping[str, Any] | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -697,13 +703,7 @@ class _Engine:
 
     # ------------------------------------------------------------ preparing
 
-    def _workflows(self) -> Any:
-        from comfyfleet.comfy import workflows
-
-        return workflows
-
     def _prepare(self, entry: _Entry) -> dict[str, Any]:
-        wf = self._workflows()
         job = entry.job
         values = job.values()
         # ComfyUI's own copy lands in output/comfyfleet/<batch>/<job>_NNNNN_.png.
@@ -711,13 +711,10 @@ class _Engine:
         for column, source in job.image_inputs().items():
             values[column] = self._upload(source)
         entry.loras = self.loras.resolve(job.loras) if job.loras else []
-        workflow: dict[str, Any] = wf.build_workflow(job.workflow, values)
+        workflow = build_workflow(job.workflow, values)
         if entry.loras:
-            specs = [
-                wf.LoraSpec(lr.name, lr.strength_model, lr.strength_clip) for lr in entry.loras
-            ]
-            chained = wf.apply_loras(workflow, specs)
-            workflow = chained if chained is not None else workflow
+            specs = [LoraSpec(lr.name, lr.strength_model, lr.strength_clip) for lr in entry.loras]
+            workflow = apply_loras(workflow, specs)
         self._check(workflow)
         return workflow
 
@@ -788,9 +785,7 @@ class _Engine:
     def _prefix(self, job: Job) -> str:
         return f"outputs/{self.batch_id}/{job.id}/"
 
-    def _store_outputs(
-        self, job: Job, outputs: Sequence[OutputFile], *, clean: bool, tag: str = ""
-    ) -> list[str]:
+    def _store_outputs(self, job: Job, outputs: Sequence[OutputFile], *, clean: bool) -> list[str]:
         prefix = self._prefix(job)
         if clean:
             # Leftovers of an interrupted earlier run of this job: never mixed with new ones.
@@ -800,9 +795,9 @@ class _Engine:
         keys: list[str] = []
         used: set[str] = set()
         for out in chosen:
-            name = _safe_name(tag + out.filename)
+            name = _safe_name(out.filename)
             if name in used:
-                name = _safe_name(f"{tag}{out.node_id}_{out.filename}")
+                name = _safe_name(f"{out.node_id}_{out.filename}")
             used.add(name)
             data = self.client.fetch_output(out)
             key = prefix + name
@@ -864,11 +859,6 @@ class _Engine:
             ) from exc
         return "fal", video_keys, 0.0, time.monotonic() - began
 
-    def _spec(self, name: str) -> Any:
-        if self._builtins is None:
-            self._builtins = self._workflows().BUILTIN_WORKFLOWS
-        return self._builtins.get(name)
-
     def _local_video_possible(self, name: str) -> str:
         """'' when this ComfyUI can run video workflow ``name``, else why not (cached)."""
         with self._memo_lock:
@@ -880,7 +870,7 @@ class _Engine:
         return reason
 
     def _why_no_local_video(self, name: str) -> str:
-        spec = self._spec(name)
+        spec = BUILTIN_WORKFLOWS.get(name)
         if spec is None:
             return f"{name} is not a built-in workflow"
         values = {"image": "input.png"}
@@ -903,14 +893,11 @@ class _Engine:
             return f"cannot ask ComfyUI about {name}: {_describe(exc)}"
         return ""
 
-    def _vram_need(self, name: str, spec: Any, values: Mapping[str, Any]) -> float:
+    def _vram_need(self, name: str, spec: WorkflowSpec, values: Mapping[str, Any]) -> float:
         files = [file for _, file in _required_models(spec, values)]
         from_catalog = [self.catalog_vram[f] for f in files if f in self.catalog_vram]
         if from_catalog:
             return max(from_catalog)
-        spec_need = getattr(spec, "min_vram_gb", None)
-        if isinstance(spec_need, (int, float)) and spec_need > 0:
-            return float(spec_need)
         return float(self.video.min_vram_gb.get(name, 0.0))
 
     def _local_video(self, job: Job, image_bytes: bytes) -> tuple[list[str], float]:
@@ -924,7 +911,7 @@ class _Engine:
             value = getattr(job, name)
             if value is not None:
                 values[name] = value
-        workflow = self._workflows().build_workflow(job.video, values)
+        workflow = build_workflow(job.video, values)
         self._check(workflow)
         prompt_id = self.client.submit(workflow)
         result = self.client.wait(prompt_id, timeout=self.video.prompt_timeout_s)
@@ -1012,7 +999,7 @@ def _workflow_label(workflow: str) -> str:
     return Path(workflow).name if ("/" in workflow or "\\" in workflow) else workflow
 
 
-def _required_models(spec: Any, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _required_models(spec: WorkflowSpec, values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(folder, file) pairs a built-in workflow needs for ``values``."""
     return [(str(f), str(n)) for f, n in spec.required_models(values)]
 
