@@ -29,6 +29,7 @@ from comfyfleet.errors import (
 from comfyfleet.lock import RootLock
 from comfyfleet.manifest import ManifestEntry
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.store.local import LocalStore
 from comfyfleet.transfer import (
     PullItem,
     PullReport,
@@ -100,8 +101,11 @@ class CountingStore:
             raise StoreUnavailable(f"read {key!r}: 503 Slow Down", store=self.inner.uri)
         return self.inner.get_range(key, start, end)
 
+    def presign_get(self, key: str, expires_s: int = 3600) -> str | None:
+        return None  # no presigned fast path: every range goes through get_range, counted
+
     def __getattr__(self, name: str) -> Any:
-        if name == "get_range_into":  # force the get_range path we count
+        if name == "get_range_into":
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -204,6 +208,9 @@ def test_full_pull_then_everything_present(store: ObjectStore, comfy: Path) -> N
     assert statuses(report) == ["placed"] * len(items)
     assert {r.verified for r in report.items} == {"downloaded"}
     assert report.bytes_downloaded == total == sum(seen)
+    assert report.reader == (
+        "store.get_range" if isinstance(store, LocalStore) else "presigned-http"
+    )
     assert planned == [(len(items), total)]
     for item, data in zip(items, payloads.values(), strict=True):
         assert item.dest.read_bytes() == data
@@ -470,8 +477,6 @@ def test_journal_for_another_file_is_ignored(local_store: ObjectStore, comfy: Pa
 
 
 def _store_spec(store: ObjectStore, request: pytest.FixtureRequest) -> dict[str, Any]:
-    from comfyfleet.store.local import LocalStore
-
     if isinstance(store, LocalStore):
         return {"type": "local", "root": str(store.root)}
     server = request.getfixturevalue("s3_server")
