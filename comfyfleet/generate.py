@@ -72,6 +72,7 @@ from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
     from comfyfleet.comfy.client import OutputFile, PromptResult, UploadedImage
+    from comfyfleet.sources import Tokens
 
 Status = Literal["ok", "failed", "skipped"]
 EventKind = Literal["start", "submitted", "retry", "finished"]
@@ -886,9 +887,10 @@ class _Engine:
                 return f"{name} needs {', '.join(missing)}, which this ComfyUI does not list"
             need = self._vram_need(name, spec, values)
             have = _vram_total_gb(self.client.system_stats())
-            if need > 0 and (have is None or have < need):
-                shown = "unknown" if have is None else f"{have:.1f} GiB"
-                return f"{name} needs {need:g} GiB of VRAM, this GPU has {shown}"
+            if need > 0 and have is None:
+                return f"{name} needs {need:g} GiB of VRAM, this ComfyUI reports no GPU"
+            if need > 0 and have is not None and have < need:
+                return f"{name} needs {need:g} GiB of VRAM, this GPU has {have:.1f} GiB"
         except ComfyError as exc:
             return f"cannot ask ComfyUI about {name}: {_describe(exc)}"
         return ""
@@ -1125,7 +1127,7 @@ def generate_from_file(
     comfy_root: str | Path | None = None,
     catalog_paths: Sequence[str | Path] = (),
     video: VideoSettings | None = None,
-    tokens: Any = None,
+    tokens: Tokens | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
     ready_timeout_s: float = 30.0,
     retry_backoff_s: float = 1.0,

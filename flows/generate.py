@@ -35,6 +35,7 @@ from comfyfleet.generate import (
     default_batch_id,
     generate_from_file,
 )
+from comfyfleet.sources import Tokens
 from comfyfleet.store import ObjectStore, open_store
 
 PROGRESS_EVERY_S = 15.0
@@ -83,6 +84,15 @@ def _fal_key(fal_block: str | None) -> str | None:
 
     creds = cast(FalCredentials, FalCredentials.load(fal_block, _sync=True))  # type: ignore[call-arg]
     return str(creds.key.get_secret_value())
+
+
+def _tokens(tokens_block: str | None) -> Tokens | None:
+    if not tokens_block:
+        return None  # Tokens.from_env(): HF_TOKEN, CIVITAI_TOKEN
+    from blocks import SourceTokens
+
+    block = cast(SourceTokens, SourceTokens.load(tokens_block, _sync=True))  # type: ignore[call-arg]
+    return block.tokens()
 
 
 class _Progress:
@@ -141,6 +151,7 @@ def run_batch_task(
     local_video: bool,
     fal_block: str | None,
     fal_url: str | None,
+    tokens_block: str | None,
 ) -> BatchReport:
     logger = get_run_logger()
     store = _open_store(store_uri, store_block)
@@ -170,6 +181,7 @@ def run_batch_task(
         comfy_root=comfy_root,
         catalog_paths=catalog,
         video=video,
+        tokens=_tokens(tokens_block),
         on_event=on_event,
     )
     c = report.counts
@@ -201,10 +213,13 @@ def generate_batch(
     local_video: bool = True,
     fal_block: str | None = None,
     fal_url: str | None = None,
+    tokens_block: str | None = None,
 ) -> dict[str, Any]:
     """Run JOBS_FILE on ComfyUI (``comfy_url`` or a ``comfyfleet-comfyui`` block), outputs to
     the store (URI or ``comfyfleet-store`` block); video stages fall back to fal.ai
-    (key from a ``comfyfleet-fal-credentials`` block or ``$FAL_KEY``)."""
+    (key from a ``comfyfleet-fal-credentials`` block or ``$FAL_KEY``). LoRAs a job names by
+    catalog id or link are pulled into ``comfy_root`` (mirrored first with the tokens of a
+    ``comfyfleet-source-tokens`` block, else ``$HF_TOKEN``/``$CIVITAI_TOKEN``)."""
     url = _comfy_url(comfy_url, comfy_block)
     report = run_batch_task(
         jobs_file,
@@ -220,6 +235,7 @@ def generate_batch(
         local_video,
         fal_block,
         fal_url,
+        tokens_block,
     )
     create_table_artifact(
         table=report.table(),
