@@ -5,9 +5,11 @@ Columns (only ``id`` and ``workflow`` are required)::
     id         unique job id; becomes the folder outputs/<batch>/<id>/
     workflow   a built-in workflow name, or an API-format JSON file (relative to the jobs file)
     prompt, negative, checkpoint
-    loras      "catalog-id:0.8;https://civitai.com/models/1?modelVersionId=2:0.6:0.4" (ref, then
-               strength_model and optionally strength_clip) or a JSON list of such strings or of
-               {"name"|"lora"|"id"|"url": ref, "strength"|"strength_model": s, "strength_clip": c}
+    loras      "catalog-id:0.8;https://civitai.com/models/1?modelVersionId=2:0.6:0.4" (a file
+               ComfyUI lists, a catalog id or a CivitAI/HF link, then strength_model and
+               optionally strength_clip) or a JSON list of such strings or of
+               {"name": ref, "strength"|"strength_model": s, "strength_clip": c}
+               (``comfy.workflows.parse_loras``)
     seed, width, height, steps, cfg
     image      a URL or a path (relative to the jobs file) uploaded to ComfyUI before submission;
                any column whose name ends in ``image`` is treated the same way
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.comfy.workflows import LoraSpec, parse_loras
 from comfyfleet.errors import ConfigError
 
 KNOWN_COLUMNS = (
@@ -70,18 +73,6 @@ def is_image_column(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class LoraRef:
-    """A LoRA a job asks for: a file name ComfyUI lists, a catalog id, or a CivitAI/HF link."""
-
-    ref: str
-    strength_model: float = 1.0
-    strength_clip: float = 1.0
-
-    def describe(self) -> str:
-        return f"{self.ref.split('?', 1)[0]}:{self.strength_model:g}:{self.strength_clip:g}"
-
-
-@dataclass(frozen=True)
 class Job:
     """One validated row of the jobs table."""
 
@@ -91,7 +82,7 @@ class Job:
     prompt: str | None = None
     negative: str | None = None
     checkpoint: str | None = None
-    loras: tuple[LoraRef, ...] = ()
+    loras: tuple[LoraSpec, ...] = ()
     seed: int | None = None
     width: int | None = None
     height: int | None = None
@@ -130,7 +121,7 @@ class Job:
         data = {
             "workflow": self.workflow,
             "values": self.values(),
-            "loras": [(lr.ref, lr.strength_model, lr.strength_clip) for lr in self.loras],
+            "loras": [(lr.name, lr.strength_model, lr.strength_clip) for lr in self.loras],
             "video": self.video,
         }
         raw = json.dumps(data, sort_keys=True, default=str).encode()
@@ -451,87 +442,17 @@ def _image_location(value: str, name: str, base_dir: Path, where: str, errors: l
     return str(candidate.resolve())
 
 
-def parse_loras(value: Any) -> list[LoraRef]:
-    """Parse a ``loras`` cell (see the module docstring); raises ``ValueError``."""
-    if _blank(value):
-        return []
-    items: list[Any]
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    elif isinstance(value, str) and value.strip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON: {exc.msg} at character {exc.pos}") from None
-        if not isinstance(parsed, list):
-            raise ValueError("a JSON value must be a list")
-        items = parsed
-    elif isinstance(value, str):
-        items = [part for part in value.split(";") if part.strip()]
-    else:
-        raise ValueError(f"expected text or a list, got {type(value).__name__}")
-    refs: list[LoraRef] = []
-    for item in items:
-        if isinstance(item, str):
-            refs.append(_lora_from_text(item.strip()))
-        elif isinstance(item, Mapping):
-            refs.append(_lora_from_mapping(item))
-        else:
-            raise ValueError(f"each LoRA must be text or an object, got {item!r}")
-    return refs
-
-
-def _lora_from_text(text: str) -> LoraRef:
-    # Strengths are trailing ':<number>' segments, read from the right, so links with
-    # 'https:' keep their colon.
-    strengths: list[float] = []
-    rest = text
-    while len(strengths) < 2 and ":" in rest:
-        head, tail = rest.rsplit(":", 1)
-        if not _NUMBER_RE.match(tail.strip()) or _is_url_without_path(head):
-            break
-        if not head.strip():
-            raise ValueError(f"{text!r} names no LoRA")
-        strengths.insert(0, float(tail))
-        rest = head
-    rest = rest.strip()
-    if not rest:
-        raise ValueError(f"{text!r} names no LoRA")
-    model = strengths[0] if strengths else 1.0
-    clip = strengths[1] if len(strengths) > 1 else model
-    return LoraRef(rest, model, clip)
-
-
-def _is_url_without_path(text: str) -> bool:
-    # 'https://host' + ':8080' is a port, not a strength; 'https' + '://...' is the scheme.
-    if "://" not in text:
-        return text.lower() in ("http", "https")
-    return "/" not in text.split("://", 1)[1]
-
-
-def _lora_from_mapping(item: Mapping[str, Any]) -> LoraRef:
-    ref = next((item[k] for k in ("name", "lora", "id", "url") if item.get(k)), None)
-    if not isinstance(ref, str) or not ref.strip():
-        raise ValueError(f"{dict(item)!r} needs 'name' (a file, catalog id or link)")
-    try:
-        model = float(item.get("strength_model", item.get("strength", 1.0)))
-        clip = float(item.get("strength_clip", model))
-    except (TypeError, ValueError):
-        raise ValueError(f"{dict(item)!r}: strengths must be numbers") from None
-    return LoraRef(ref.strip(), model, clip)
-
-
-def _loras(value: Any, where: str, errors: list[str]) -> list[LoraRef]:
+def _loras(value: Any, where: str, errors: list[str]) -> list[LoraSpec]:
     try:
         refs = parse_loras(value)
-    except ValueError as exc:
-        errors.append(f"{where}: column 'loras': {exc}")
+    except ConfigError as exc:
+        errors.append(f"{where}: column 'loras': {exc.message}")
         return []
     for ref in refs:
         for strength in (ref.strength_model, ref.strength_clip):
             if not -100 <= strength <= 100:
                 errors.append(
-                    f"{where}: column 'loras': strength {strength:g} of {ref.ref!r} is outside "
+                    f"{where}: column 'loras': strength {strength:g} of {ref.name!r} is outside "
                     "-100..100"
                 )
     return refs

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from comfyfleet.catalog import Catalog, CivitaiSource, HFSource, ModelFile
+from comfyfleet.comfy.workflows import LoraSpec
 from comfyfleet.errors import ComfyfleetError, ConfigError, TransientError
-from comfyfleet.jobs import LoraRef
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -90,12 +90,13 @@ class LoraResolver:
         self._listed: set[str] | None = None
         self.pulled: list[str] = []
 
-    def resolve(self, refs: Sequence[LoraRef]) -> list[ResolvedLora]:
-        """The ComfyUI names of ``refs``, pulling what is missing (serialised)."""
+    def resolve(self, refs: Sequence[LoraSpec]) -> list[ResolvedLora]:
+        """ComfyUI names for ``refs`` (each ``name`` a listed file, a catalog id or a link),
+        pulling what is missing (serialised)."""
         out: list[ResolvedLora] = []
         for ref in refs:
-            name, pulled = self._name_for(ref.ref)
-            out.append(ResolvedLora(name, ref.strength_model, ref.strength_clip, ref.ref, pulled))
+            name, pulled = self._name_for(ref.name)
+            out.append(ResolvedLora(name, ref.strength_model, ref.strength_clip, ref.name, pulled))
         return out
 
     # ------------------------------------------------------------ internals

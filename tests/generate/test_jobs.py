@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from comfyfleet.comfy.workflows import LoraSpec
 from comfyfleet.errors import ConfigError
-from comfyfleet.jobs import LoraRef, parse_loras, read_jobs
+from comfyfleet.jobs import read_jobs
 
 BUILTINS = {"sdxl_t2i", "sdxl_i2i", "wan_i2v", "svd_i2v"}
 VIDEOS = {"wan_i2v", "svd_i2v"}
@@ -43,8 +44,8 @@ def test_csv_keeps_text_ids_and_converts_numbers(tmp_path: Path) -> None:
     assert set(second.image_inputs()) == {"image", "mask_image"}
     assert second.video == "wan_i2v"
     assert second.loras == (
-        LoraRef("my-lora", 0.8, 0.8),
-        LoraRef("https://civitai.com/models/1?modelVersionId=2", 0.6, 0.4),
+        LoraSpec("my-lora", 0.8, 0.8),
+        LoraSpec("https://civitai.com/models/1?modelVersionId=2", 0.6, 0.4),
     )
     assert first.fingerprint() != second.fingerprint()
 
@@ -64,7 +65,7 @@ def test_jsonl_and_parquet(tmp_path: Path) -> None:
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     jobs = read(jsonl)
     assert [j.id for j in jobs] == ["1", "two"]
-    assert jobs[0].loras == (LoraRef("a.safetensors", 0.5, 0.5),)
+    assert jobs[0].loras == (LoraSpec("a.safetensors", 0.5, 0.5),)
     parquet = tmp_path / "jobs.parquet"
     pd.DataFrame(
         [
@@ -97,7 +98,7 @@ def test_every_problem_is_named(tmp_path: Path) -> None:
         "jobs.csv row 3: column 'id': empty",
         "column 'video': unknown video workflow 'mochi'",
         "column 'image': 'ftp://x/y.png': only http(s) URLs",
-        "column 'loras': not valid JSON",
+        "column 'loras': loras value '[1,' is not a valid JSON list",
     ):
         assert expected in text, expected
 
@@ -135,34 +136,20 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
         read(bad)
 
 
-@pytest.mark.parametrize(
-    ("cell", "expected"),
-    [
-        ("a", [LoraRef("a", 1.0, 1.0)]),
-        ("a:0.5", [LoraRef("a", 0.5, 0.5)]),
-        ("a:0.5:-1", [LoraRef("a", 0.5, -1.0)]),
-        ("x.safetensors:1e-1; b", [LoraRef("x.safetensors", 0.1, 0.1), LoraRef("b", 1, 1)]),
-        (
-            "https://huggingface.co/o/r/blob/main/l.safetensors",
-            [LoraRef("https://huggingface.co/o/r/blob/main/l.safetensors", 1, 1)],
-        ),
-        ("http://host:8080", [LoraRef("http://host:8080", 1, 1)]),
-        (
-            '["a:0.3", {"url": "u", "strength_model": 2, "strength_clip": 0}]',
-            [LoraRef("a", 0.3, 0.3), LoraRef("u", 2.0, 0.0)],
-        ),
-        ("", []),
-    ],
-)
-def test_parse_loras(cell: str, expected: list[LoraRef]) -> None:
-    assert parse_loras(cell) == expected
-
-
-def test_parse_loras_refuses_nonsense() -> None:
-    with pytest.raises(ValueError, match="names no LoRA"):
-        parse_loras(":0.5")
-    with pytest.raises(ValueError, match="needs 'name'"):
-        parse_loras('[{"strength": 1}]')
+def test_lora_cells_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    rows = [
+        {"id": "a", "workflow": "sdxl_t2i", "loras": ":0.5"},
+        {"id": "b", "workflow": "sdxl_t2i", "loras": "x.safetensors:250"},
+        {"id": "c", "workflow": "sdxl_t2i", "loras": [{"name": "y", "strength": 0.5}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ConfigError) as info:
+        read(path)
+    text = str(info.value)
+    assert "row 1 (id 'a'): column 'loras': LoRA entry ':0.5' has no name" in text
+    assert "row 2 (id 'b'): column 'loras': strength 250 of 'x.safetensors' is outside" in text
+    assert "row 3" not in text
 
 
 def test_default_workflow_names_come_from_the_builtin_set(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from comfyfleet.catalog import Catalog, HFSource, ModelFile
 from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.workflows import LoraSpec
 from comfyfleet.generate import run_batch
-from comfyfleet.jobs import LoraRef
 from comfyfleet.loras import LoraResolver
 from comfyfleet.manifest import read_manifest
 from comfyfleet.sources import Tokens
@@ -144,7 +144,7 @@ def test_resolver_uses_listed_names_without_any_store(
     fake: FakeComfyUI, client: ComfyClient
 ) -> None:
     resolver = LoraResolver(client)
-    (resolved,) = resolver.resolve([LoraRef("wan-motion.safetensors", 0.4, 0.9)])
+    (resolved,) = resolver.resolve([LoraSpec("wan-motion.safetensors", 0.4, 0.9)])
     assert (resolved.name, resolved.strength_model, resolved.strength_clip) == (
         "wan-motion.safetensors",
         0.4,
