@@ -171,9 +171,19 @@ def test_plan_refuses_two_entries_on_one_file(local_store: ObjectStore, comfy: P
 
 
 def test_hash_file(tmp_path: Path) -> None:
-    data = blob(3 * 1024 * 1024 + 5, 1)
+    for size in (0, 1, 4096, 1024 * 1024, 3 * 1024 * 1024 + 5):
+        data = blob(size, size)
+        (tmp_path / "f").write_bytes(data)
+        assert hash_file(tmp_path / "f", chunk=1024 * 1024) == sha(data), size
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 5000), (4096, 3 * RS + 1), (7, 100), (RS, None)])
+def test_hash_region(tmp_path: Path, start: int, end: int | None) -> None:
+    data = blob(3 * RS + 1, 2)
     (tmp_path / "f").write_bytes(data)
-    assert hash_file(tmp_path / "f", chunk=1024 * 1024) == sha(data)
+    digest = hashlib.sha256()
+    n = transfer.hash_region(tmp_path / "f", digest, start, end, chunk=8192)
+    assert n == len(data[start:end]) and digest.hexdigest() == sha(data[start:end])
 
 
 # ---------------------------------------------------------------------------- full pull
