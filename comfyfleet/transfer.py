@@ -791,8 +791,11 @@ class _Puller:
             ) as pool:
                 self.pool = pool
                 try:
-                    for job in jobs:
-                        self._start(job, resume=True)
+                    # Files are opened when the dispatcher reaches them (index -1), and their
+                    # ranges go to the front of the queue: only the files being worked on
+                    # hold fds, however long the list.
+                    with self.tickets_cv:
+                        self.tickets.extend((job, -1) for job in jobs)
                     self._dispatch(pool)
                 except BaseException:
                     self.stop.set()
@@ -814,6 +817,9 @@ class _Puller:
                 return
             job, index = ticket
             if job.failed is not None or job.done:
+                continue
+            if index < 0:
+                self._start(job, resume=True)
                 continue
             buf = self.buffers.acquire(self.stop)
             if buf is None:
@@ -842,7 +848,7 @@ class _Puller:
             if finished:
                 self._submit(self._guard, job, self._finish)
         with self.tickets_cv:
-            self.tickets.extend((job, i) for i in todo)
+            self.tickets.extendleft((job, i) for i in reversed(todo))
             self.tickets_cv.notify()
 
     def _guard(self, job: _FileJob, fn: Callable[[_FileJob], None]) -> None:
@@ -1137,6 +1143,13 @@ class _Check:
 
 def _check(item: PullItem, settings: PullSettings) -> _Check:
     """Decide whether ``item.dest`` can be trusted as is (never trusting a wrong file)."""
+    try:
+        return _check_file(item, settings)
+    except OSError:
+        return _Check(item, replacing=True)  # cannot be read back: cannot be trusted
+
+
+def _check_file(item: PullItem, settings: PullSettings) -> _Check:
     try:
         st = os.stat(item.dest)
     except FileNotFoundError:

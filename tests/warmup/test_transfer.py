@@ -235,6 +235,23 @@ def test_full_pull_then_everything_present(store: ObjectStore, comfy: Path) -> N
     assert again.bytes_downloaded == 0 and again.bytes_present == total
 
 
+def test_many_files_hold_few_file_descriptors(local_store: ObjectStore, comfy: Path) -> None:
+    import resource
+
+    payloads = {f"lora-{i:03d}.safetensors": blob(1000 + i, i) for i in range(200)}
+    entries = [put(local_store, "loras", name, data) for name, data in payloads.items()]
+    items = plan_pull(entries, comfy)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 48, hard))  # 200 files won't fit
+    try:
+        report = pull(items, local_store, settings=SETTINGS)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.ok, report.failed[:1]
+    assert all(i.dest.read_bytes() == d for i, d in zip(items, payloads.values(), strict=True))
+
+
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_buffered_and_direct_writes_agree(
     local_store: ObjectStore, comfy: Path, direct_io: bool
