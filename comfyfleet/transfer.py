@@ -128,7 +128,7 @@ class PullSettings:
     buffered_ranges: int | None = None
     journal_interval_s: float = 2.0
     integrity_retries: int = 1
-    transient_retries: int = 3
+    transient_retries: int = 5
     retry_backoff_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -1212,8 +1212,10 @@ def pull(
 ) -> PullReport:
     """Make every item present and verified at its ``dest``; see the module docstring.
 
-    ``progress(n)`` is called with each batch of downloaded bytes (serialised, from worker
-    threads). ``on_plan(files, bytes)`` is called once the files to download are known,
+    ``progress(n)`` is called with each batch of bytes that reached the disk: downloaded
+    ranges, and at a file's start the bytes an interrupted run left (resumed); a negative
+    ``n`` rewinds a file that is downloaded again after a hash mismatch. Calls are serialised
+    and come from worker threads. ``on_plan(files, bytes)`` is called once the files to download are known,
     before the first byte. ``preflight_fn(bytes_needed, path)`` runs per filesystem before
     any byte is written (``None`` skips it); the default is ``disk.preflight``.
 
