@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from comfyfleet.catalog import Catalog, CivitaiSource, HFSource, ModelFile
 from comfyfleet.comfy.workflows import LoraSpec
-from comfyfleet.errors import ComfyfleetError, ConfigError, TransientError
+from comfyfleet.errors import ComfyError, ComfyfleetError, ConfigError, TransientError
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -45,7 +45,9 @@ class ModelLister(Protocol):
 
     def list_models(self, folder: str) -> list[str]: ...
 
-    def refresh_models(self) -> None: ...
+    def refresh_models(
+        self, *, expect: Mapping[str, Iterable[str]] | None = None, timeout: float = 10.0
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,13 @@ class LoraResolver:
             )
         entry = self._ensure_mirrored(model)
         self._pull(entry)
-        self._client.refresh_models()
+        try:
+            # ComfyUI re-scans a folder whose mtime changed; give it a moment to list the file.
+            self._client.refresh_models(expect={LORA_FOLDER: [model.file]}, timeout=10.0)
+        except ComfyError as exc:
+            if isinstance(exc, TransientError):
+                raise
+            # Not listed in time: reported below with what to check.
         if model.file not in self._list(fresh=True):
             raise ConfigError(
                 f"LoRA {ref!r}: {model.file} was placed in {self._root / 'models' / LORA_FOLDER} "
