@@ -118,9 +118,19 @@ class PresignedRangeReader:
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts)
+        reused = conn.sock is not None
         try:
-            conn.request("GET", target, headers={"Range": f"bytes={start}-{end - 1}"})
-            resp = conn.getresponse()
+            try:
+                conn.request("GET", target, headers={"Range": f"bytes={start}-{end - 1}"})
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The server closed an idle kept-alive connection: reconnect once, at once.
+                self._drop_connection()
+                conn = self._connection(parts)
+                conn.request("GET", target, headers={"Range": f"bytes={start}-{end - 1}"})
+                resp = conn.getresponse()
             return self._receive(key, resp, start, end, buf)
         except ComfyfleetError:
             self._drop_connection()

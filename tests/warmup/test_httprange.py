@@ -124,10 +124,15 @@ class FaultyEndpoint:
         self.faults = Faults()
         self.log: list[Recorded] = []
         self.server = Server("s3", self._route, self.log, threading.Lock())
+        self.hang_up_after_each = False
 
     def _route(self, req: Request) -> None:
         key = req.path.removeprefix("/bucket/")
         serve_bytes(req, self.inner.get_bytes(key), self.faults)
+        if self.hang_up_after_each:
+            # Close the kept-alive connection without saying so (no "Connection: close"),
+            # as servers do with idle connections.
+            req.handler.close_connection = True
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str | None:
         return f"{self.server.url}/bucket/{key}?X-Amz-Signature=deadbeef&X-Amz-Expires={expires_s}"
@@ -195,3 +200,15 @@ def test_persistent_503_fails_as_transient(endpoint: FaultyEndpoint, tmp_path: P
     assert isinstance(report.items[0].exception, StoreUnavailable)
     assert "HTTP 503" in (report.items[0].error or "")
     assert items[0].part.exists()  # kept: the next run resumes
+
+
+def test_a_silently_closed_keepalive_connection_is_reopened(endpoint: FaultyEndpoint) -> None:
+    data = blob(3 * RS, 8)
+    endpoint.inner.put_bytes("models/vae/k.bin", data)
+    endpoint.hang_up_after_each = True
+    reader = PresignedRangeReader(endpoint)  # type: ignore[arg-type]
+    buf = memoryview(bytearray(RS))
+    for i in range(3):
+        assert reader.read_into("models/vae/k.bin", i * RS, (i + 1) * RS, buf) == RS
+        assert bytes(buf) == data[i * RS : (i + 1) * RS]
+    assert len(endpoint.log) == 3
