@@ -1215,9 +1215,11 @@ def pull(
     ``progress(n)`` is called with each batch of bytes that reached the disk: downloaded
     ranges, and at a file's start the bytes an interrupted run left (resumed); a negative
     ``n`` rewinds a file that is downloaded again after a hash mismatch. Calls are serialised
-    and come from worker threads. ``on_plan(files, bytes)`` is called once the files to download are known,
-    before the first byte. ``preflight_fn(bytes_needed, path)`` runs per filesystem before
-    any byte is written (``None`` skips it); the default is ``disk.preflight``.
+    and come from worker threads.
+
+    ``on_plan(files, bytes)`` is called once the files to download are known, before the
+    first byte. ``preflight_fn(bytes_needed, path)`` runs per filesystem before any byte is
+    written (``None`` skips it); the default is ``disk.preflight``.
 
     Per-file failures do not stop the other files: they come back with ``status="failed"``
     (``report.raise_for_failures()`` turns them into an exception). Failures before the first
