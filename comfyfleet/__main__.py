@@ -1,0 +1,7 @@
+"""``python -m comfyfleet`` is the ``comfyfleet`` command."""
+
+from __future__ import annotations
+
+from comfyfleet.cli import main
+
+raise SystemExit(main())
