@@ -77,7 +77,7 @@ def _api(tokens: Tokens, endpoint: str) -> HfApi:
 
 def _label(repo: str, revision: str, path: str) -> str:
     rev = revision[:12] if _COMMIT.match(revision) else revision
-    return f"hf://{repo}@{rev}/{path}"
+    return f"hf://{repo}@{rev}" + (f"/{path}" if path else "")
 
 
 @contextlib.contextmanager
