@@ -12,9 +12,7 @@ is left.
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
@@ -26,7 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from comfyfleet.errors import ConfigError, is_transient
+from comfyfleet.errors import ConfigError
 from comfyfleet.fal import FalSettings
 from comfyfleet.generate import (
     BatchEvent,
@@ -35,32 +33,17 @@ from comfyfleet.generate import (
     default_batch_id,
     generate_from_file,
 )
-from comfyfleet.sources import Tokens
-from comfyfleet.store import ObjectStore, open_store
-
-PROGRESS_EVERY_S = 15.0
-PROGRESS_EVERY_PCT = 2.0
+from flows._common import (
+    ProgressThrottle,
+    artifact_key,
+    load_tokens,
+    open_flow_store,
+    transient_only,
+)
 
 
 def _artifact_key(prefix: str, batch_id: str) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", batch_id.lower()).strip("-") or "batch"
-    return f"{prefix}-{slug}"[:100]
-
-
-def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the failure we are asked to judge
-        return is_transient(exc)
-    return False
-
-
-def _open_store(store: str | None, store_block: str | None) -> ObjectStore:
-    if store_block:
-        from comfyfleet.cli.stores import load_store_block
-
-        return load_store_block(store_block)
-    return open_store(store)
+    return artifact_key(prefix, batch_id, fallback="batch")
 
 
 def _comfy_url(comfy_url: str | None, comfy_block: str | None) -> str:
@@ -86,15 +69,6 @@ def _fal_key(fal_block: str | None) -> str | None:
     return str(creds.key.get_secret_value())
 
 
-def _tokens(tokens_block: str | None) -> Tokens | None:
-    if not tokens_block:
-        return None  # Tokens.from_env(): HF_TOKEN, CIVITAI_TOKEN
-    from blocks import SourceTokens
-
-    block = cast(SourceTokens, SourceTokens.load(tokens_block, _sync=True))  # type: ignore[call-arg]
-    return block.tokens()
-
-
 class _Progress:
     """Throttled progress artifact: at most every 2 % or 15 s, never failing the batch."""
 
@@ -102,8 +76,7 @@ class _Progress:
         self._lock = threading.Lock()
         self._id: Any = None
         self._key = key
-        self._last_pct = -100.0
-        self._last_t = 0.0
+        self._throttle = ProgressThrottle()
         self._broken = False
 
     def __call__(self, event: BatchEvent) -> None:
@@ -111,13 +84,8 @@ class _Progress:
             return
         pct = 100.0 * event.done / event.total
         with self._lock:
-            now = time.monotonic()
-            final = event.done >= event.total
-            if not final and (
-                pct - self._last_pct < PROGRESS_EVERY_PCT and now - self._last_t < PROGRESS_EVERY_S
-            ):
+            if not self._throttle.due(pct, force=event.done >= event.total):
                 return
-            self._last_pct, self._last_t = pct, now
             try:
                 if self._id is None:
                     self._id = create_progress_artifact(
@@ -135,7 +103,7 @@ class _Progress:
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=30,
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
 )
 def run_batch_task(
     jobs_file: str,
@@ -154,7 +122,7 @@ def run_batch_task(
     tokens_block: str | None,
 ) -> BatchReport:
     logger = get_run_logger()
-    store = _open_store(store_uri, store_block)
+    store = open_flow_store(store_uri, store_block)
     batch = batch_id or default_batch_id(jobs_file)
     # The key is read here, inside the task, so it never travels as a parameter.
     video = VideoSettings(
@@ -181,7 +149,7 @@ def run_batch_task(
         comfy_root=comfy_root,
         catalog_paths=catalog,
         video=video,
-        tokens=_tokens(tokens_block),
+        tokens=load_tokens(tokens_block),
         on_event=on_event,
     )
     c = report.counts

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -36,7 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from comfyfleet.catalog import ModelFile, load_catalog
-from comfyfleet.errors import ComfyfleetError, ConfigError, format_bytes, is_transient
+from comfyfleet.errors import ComfyfleetError, ConfigError, format_bytes
 from comfyfleet.manifest import update_manifest
 from comfyfleet.mirror import (
     MirrorResult,
@@ -45,52 +45,14 @@ from comfyfleet.mirror import (
     mirror_file,
 )
 from comfyfleet.refresh import UpstreamChange, check_upstream
-from comfyfleet.sources import Tokens
-from comfyfleet.store import ObjectStore, open_store
 from comfyfleet.upload import ProgressSubscriber, TransferSettings
+from flows._common import ProgressThrottle, load_tokens, open_flow_store, transient_only
 
-PROGRESS_EVERY_PCT = 2.0
-PROGRESS_EVERY_S = 15.0
 RESULTS_KEY = "mirror-results"
 SUMMARY_KEY = "mirror-summary"
 PROGRESS_KEY = "mirror-progress"
 REFRESH_KEY = "mirror-refresh-changes"
 REFRESH_SUMMARY_KEY = "mirror-refresh-summary"
-
-
-def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    """``retry_condition_fn``: retry only what :func:`comfyfleet.errors.is_transient` allows."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the failure we are asked to judge
-        return is_transient(exc)
-    return False
-
-
-def open_flow_store(store: str | None, store_block: str | None) -> ObjectStore:
-    """The store a flow names: a ``comfyfleet-store`` block, else a URI (else the default)."""
-    if store_block:
-        from comfyfleet.cli.stores import load_store_block
-
-        return load_store_block(store_block)
-    return open_store(store)
-
-
-def load_tokens(tokens_block: str | None) -> Tokens:
-    """Source tokens from a ``comfyfleet-source-tokens`` block, else from the environment."""
-    if not tokens_block:
-        return Tokens.from_env()
-    from blocks import SourceTokens
-
-    try:
-        block = cast(SourceTokens, SourceTokens.load(tokens_block, _sync=True))  # type: ignore[call-arg]
-    except ValueError as exc:
-        raise ConfigError(
-            f"no comfyfleet-source-tokens block named {tokens_block!r}",
-            hint="save one with SourceTokens(hf_token=..., civitai_token=...).save(NAME), "
-            "or leave tokens_block empty to use HF_TOKEN / CIVITAI_TOKEN",
-        ) from exc
-    return block.tokens()
 
 
 def select_models(
@@ -115,8 +77,7 @@ class RunProgress:
         self.done = dict.fromkeys(self.totals, 0)
         self.started: dict[str, float] = {}
         self._artifact: Any = None
-        self._last_pct = -100.0
-        self._last_t = 0.0
+        self._throttle = ProgressThrottle()
         self._broken = False
 
     def start_artifact(self) -> None:
@@ -157,12 +118,8 @@ class RunProgress:
             return
         with self._lock:
             pct = self.percent()
-            now = time.monotonic()
-            if not force and (
-                pct - self._last_pct < PROGRESS_EVERY_PCT and now - self._last_t < PROGRESS_EVERY_S
-            ):
+            if not self._throttle.due(pct, force=force):
                 return
-            self._last_pct, self._last_t = pct, now
         try:
             update_progress_artifact(artifact_id=self._artifact, progress=round(pct, 1))
         except Exception as exc:  # noqa: BLE001 - the UI is a nicety, the mirror is not
@@ -195,7 +152,7 @@ _RUNS: dict[str, RunProgress] = {}
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=10),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
 )
 def mirror_file_task(
@@ -238,7 +195,7 @@ def mirror_file_task(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
 )
 def update_manifest_task(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import threading
@@ -43,13 +42,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from comfyfleet.catalog import AUTO_PROFILE, load_catalog
-from comfyfleet.errors import ComfyfleetError, ConfigError, is_transient
+from comfyfleet.errors import ComfyfleetError, ConfigError
 from comfyfleet.reports import markdown_summary, phase_rows, publish, verdict_line
-from comfyfleet.store import ObjectStore, open_store
 from comfyfleet.warmup import WarmupResult, WarmupSession
-
-PROGRESS_EVERY_S = 15.0
-PROGRESS_EVERY_PCT = 2.0
+from flows._common import ProgressThrottle, artifact_key, open_flow_store, transient_only
 
 # What the deployment's trigger passes from the on-start script's event
 # (render.EVENT_STARTED); every value arrives as a string.
@@ -63,25 +59,8 @@ EVENT_PARAMETERS = {
 }
 
 
-def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the failure we are asked to judge
-        return is_transient(exc)
-    return False
-
-
-def _open_store(store: str | None, store_block: str | None) -> ObjectStore:
-    if store_block:
-        from comfyfleet.cli.stores import load_store_block
-
-        return load_store_block(store_block)
-    return open_store(store)
-
-
 def _artifact_key(prefix: str, instance_id: str) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", instance_id.lower()).strip("-")
-    return f"{prefix}-{slug}"[:100] if slug else prefix
+    return artifact_key(prefix, instance_id)
 
 
 class ArtifactProgress:
@@ -91,8 +70,7 @@ class ArtifactProgress:
         self.artifact_id: Any = None
         self.total = 0
         self.done = 0
-        self.last_pct = 0.0
-        self.last_t = 0.0
+        self._throttle = ProgressThrottle(last_pct=0.0)
         self._lock = threading.Lock()
 
     def phase(self, name: str) -> None:
@@ -104,7 +82,7 @@ class ArtifactProgress:
             self.artifact_id = create_progress_artifact(
                 progress=0.0, description=f"pulling {files} file(s), {total_bytes} bytes"
             )
-            self.last_t = time.monotonic()
+            self._throttle.last_t = time.monotonic()
 
     def advance(self, n: int) -> None:
         with self._lock:
@@ -112,14 +90,8 @@ class ArtifactProgress:
             if self.artifact_id is None or not self.total:
                 return
             pct = min(100.0, 100.0 * self.done / self.total)
-            now = time.monotonic()
-            if (
-                pct < 100.0
-                and pct - self.last_pct < PROGRESS_EVERY_PCT
-                and (now - self.last_t < PROGRESS_EVERY_S)
-            ):
+            if not self._throttle.due(pct, force=pct >= 100.0):
                 return
-            self.last_pct, self.last_t = pct, now
         update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
 
 
@@ -135,7 +107,7 @@ def preflight_task(session: WarmupSession) -> dict[str, Any]:
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=[5, 20, 60],
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
 )
 def pull_task(session: WarmupSession) -> dict[str, Any]:
     session.pull()
@@ -153,7 +125,7 @@ def place_task(session: WarmupSession) -> None:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=10,
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
 )
 def boot_task(session: WarmupSession) -> dict[str, Any]:
     session.boot()
@@ -237,7 +209,7 @@ def warmup(
     """
     logger = get_run_logger()
     baked = mode == "baked"
-    opened = _open_store(store, store_block) if (store or store_block or not baked) else None
+    opened = open_flow_store(store, store_block) if (store or store_block or not baked) else None
     try:
         cat = load_catalog(catalog or [])
     except ComfyfleetError:
