@@ -25,9 +25,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from comfyfleet.catalog import Catalog, CivitaiSource, HFSource, ModelFile
+from comfyfleet.catalog import ID_RE, Catalog, CivitaiSource, ModelFile
 from comfyfleet.comfy.workflows import LoraSpec
 from comfyfleet.errors import ComfyError, ComfyfleetError, ConfigError, TransientError
 from comfyfleet.store.base import ObjectStore
@@ -63,6 +63,69 @@ class ResolvedLora:
 
 def is_link(ref: str) -> bool:
     return ref.startswith(("https://", "http://", "urn:air:"))
+
+
+def _default_id(file_name: str) -> str:
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
+    return slug or "lora"
+
+
+def lora_entry(
+    link: str, tokens: Tokens | None = None, *, entry_id: str | None = None
+) -> dict[str, Any]:
+    """The catalog entry (plain data) for the LoRA ``link`` points at, pinned: the exact
+    Hugging Face revision or CivitAI version and file, with size and sha256 where the
+    source tells them. ``entry_id`` defaults to a slug of the file name."""
+    from comfyfleet.sources import parse_link, resolve, sanitize_file_name
+
+    source = parse_link(link)
+    if isinstance(source, CivitaiSource):
+        from comfyfleet.sources.civitai import inspect_civitai
+
+        choice = inspect_civitai(source, tokens)
+        file_name = choice.file_name
+        pinned: dict[str, Any] = {"type": "civitai"}
+        if choice.model_id is not None:
+            pinned["model_id"] = choice.model_id
+        pinned.update(version_id=choice.version_id, file_name=choice.file_name)
+        sha256, size = choice.sha256, None
+        name = " ".join(p for p in (choice.model_name, choice.version_name) if p) or None
+    else:
+        placeholder = ModelFile(
+            id="lora", folder=LORA_FOLDER, file="pending.safetensors", source=source
+        )
+        plan = resolve(placeholder, tokens)
+        file_name = sanitize_file_name(plan.file_name) or ""
+        pinned = {
+            "type": "hf",
+            "repo": source.repo,
+            "revision": plan.revision or source.revision,
+            "path": source.path,
+        }
+        sha256, size = plan.sha256, plan.size
+        name = f"{source.repo}/{source.path}"
+    if not file_name:
+        raise ConfigError(
+            f"{link.split('?', 1)[0]}: the source names no usable file name",
+            hint="add the LoRA to the catalog by hand with an explicit 'file'",
+        )
+    model_id = entry_id or _default_id(file_name)
+    if not ID_RE.match(model_id):
+        raise ConfigError(
+            f"invalid id {model_id!r}: use lowercase letters, digits, '.', '_' or '-'",
+            hint="pass --id with a valid id",
+        )
+    entry: dict[str, Any] = {"id": model_id}
+    if name:
+        entry["name"] = name
+    entry.update(kind="lora", folder=LORA_FOLDER, file=file_name)
+    if size is not None:
+        entry["size"] = size
+    if sha256:
+        entry["sha256"] = sha256.lower()
+    entry.update(source=pinned, verified="user", profiles=[])
+    return entry
 
 
 class LoraResolver:
@@ -173,37 +236,12 @@ class LoraResolver:
         )
 
     def _model_from_link(self, link: str) -> ModelFile:
-        from comfyfleet.sources import parse_link, resolve, sanitize_file_name
-
-        source = parse_link(link)
-        placeholder = ModelFile(
-            id="lora-link", folder=LORA_FOLDER, file="pending.safetensors", source=source
-        )
-        plan = resolve(placeholder, self._tokens)
-        file_name = sanitize_file_name(plan.file_name)
-        if not file_name:
-            raise ConfigError(
-                f"LoRA link {link.split('?', 1)[0]}: the source names no usable file",
-                hint="add the LoRA to a catalog file with an explicit 'file'",
-            )
-        pinned: HFSource | CivitaiSource
-        if isinstance(source, HFSource):
-            pinned = source.model_copy(update={"revision": plan.revision or source.revision})
-        else:
-            version = source.version_id
-            if version is None and plan.revision and plan.revision.isdigit():
-                version = int(plan.revision)
-            pinned = source.model_copy(update={"version_id": version})
+        entry = lora_entry(link, self._tokens)
+        # An id of its own per link, so two links to same-named files never collide.
         digest = hashlib.sha256(link.encode()).hexdigest()[:8]
-        stem = re.sub(r"[^a-z0-9._-]+", "-", Path(file_name).stem.lower()).strip("-.") or "lora"
-        return ModelFile(
-            id=f"lora-{stem}-{digest}",
-            folder=LORA_FOLDER,
-            file=file_name,
-            source=pinned,
-            size=plan.size,
-            sha256=plan.sha256,
-        )
+        stem = re.sub(r"[^a-z0-9._-]+", "-", Path(entry["file"]).stem.lower()).strip("-.")
+        entry["id"] = f"lora-{stem or 'lora'}-{digest}"
+        return ModelFile.model_validate(entry)
 
     def _ensure_mirrored(self, model: ModelFile) -> ManifestEntry:
         from comfyfleet.manifest import update_manifest

@@ -23,15 +23,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from comfyfleet.catalog import ID_RE, CivitaiSource, ModelFile, load_catalog
+from comfyfleet.catalog import ModelFile, load_catalog
 from comfyfleet.cli.common import add_json_option, add_store_options, print_json
 from comfyfleet.cli.mirror_cmd import report, run_mirror
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import CatalogError, ConfigError
+from comfyfleet.errors import CatalogError
+from comfyfleet.loras import lora_entry
 from comfyfleet.mirror import MirrorRun
-from comfyfleet.sources import Tokens, parse_link, resolve, sanitize_file_name
+from comfyfleet.sources import Tokens
 
-LORA_FOLDER = "loras"
 DEFAULT_CATALOG = "loras.yaml"
 _TOP_KEY = re.compile(r"^([A-Za-z_][\w-]*)\s*:")
 _ORDER = (
@@ -71,66 +71,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_json_option(add)
     add.set_defaults(func=cmd_lora_add)
-
-
-# ---------------------------------------------------------------- resolving the link
-
-
-def _default_id(file_name: str) -> str:
-    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
-    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
-    return slug or "lora"
-
-
-def lora_entry(link: str, tokens: Tokens, *, entry_id: str | None = None) -> dict[str, Any]:
-    """The catalog entry (plain data) for the LoRA ``link`` points at, pinned."""
-    source = parse_link(link)
-    if isinstance(source, CivitaiSource):
-        from comfyfleet.sources.civitai import inspect_civitai
-
-        choice = inspect_civitai(source, tokens)
-        file_name = choice.file_name
-        pinned: dict[str, Any] = {"type": "civitai"}
-        if choice.model_id is not None:
-            pinned["model_id"] = choice.model_id
-        pinned.update(version_id=choice.version_id, file_name=choice.file_name)
-        sha256, size = choice.sha256, None
-        name = " ".join(p for p in (choice.model_name, choice.version_name) if p) or None
-    else:
-        placeholder = ModelFile(
-            id="lora", folder=LORA_FOLDER, file="pending.safetensors", source=source
-        )
-        plan = resolve(placeholder, tokens)
-        file_name = sanitize_file_name(plan.file_name) or ""
-        pinned = {
-            "type": "hf",
-            "repo": source.repo,
-            "revision": plan.revision or source.revision,
-            "path": source.path,
-        }
-        sha256, size = plan.sha256, plan.size
-        name = f"{source.repo}/{source.path}"
-    if not file_name:
-        raise ConfigError(
-            f"{link.split('?', 1)[0]}: the source names no usable file name",
-            hint="add the LoRA to the catalog by hand with an explicit 'file'",
-        )
-    model_id = entry_id or _default_id(file_name)
-    if not ID_RE.match(model_id):
-        raise ConfigError(
-            f"invalid id {model_id!r}: use lowercase letters, digits, '.', '_' or '-'",
-            hint="pass --id with a valid id",
-        )
-    entry: dict[str, Any] = {"id": model_id}
-    if name:
-        entry["name"] = name
-    entry.update(kind="lora", folder=LORA_FOLDER, file=file_name)
-    if size is not None:
-        entry["size"] = size
-    if sha256:
-        entry["sha256"] = sha256.lower()
-    entry.update(source=pinned, verified="user", profiles=[])
-    return entry
 
 
 # ---------------------------------------------------------------- the catalog file
