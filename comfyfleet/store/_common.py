@@ -46,3 +46,11 @@ def clamp_range(start: int, end: int) -> tuple[int, int]:
     if start < 0 or end < 0:
         raise ValueError(f"byte range [{start}, {end}) has a negative offset")
     return start, max(start, end)
+
+
+def check_chunking(start: int, chunk_size: int) -> None:
+    """Validate ``iter_bytes`` arguments; a negative start or empty chunk is a caller bug."""
+    if start < 0 or chunk_size <= 0:
+        raise ValueError(
+            f"iter_bytes needs start >= 0 and chunk_size > 0, got {start}, {chunk_size}"
+        )

@@ -42,7 +42,7 @@ from comfyfleet.errors import (
     StoreError,
     UploadNotFound,
 )
-from comfyfleet.store._common import clamp_range, normalize_metadata
+from comfyfleet.store._common import check_chunking, clamp_range, normalize_metadata
 from comfyfleet.store.base import (
     MAX_PARTS,
     MIN_PART_SIZE,
@@ -302,10 +302,7 @@ class LocalStore:
     def iter_bytes(
         self, key: str, start: int = 0, chunk_size: int = 8 * 1024 * 1024
     ) -> Iterator[bytes]:
-        if start < 0 or chunk_size <= 0:
-            raise ValueError(
-                f"iter_bytes needs start >= 0 and chunk_size > 0, got {start}, {chunk_size}"
-            )
+        check_chunking(start, chunk_size)
         with self._translate("read", key):
             self._stat_object(key)
             f = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator below

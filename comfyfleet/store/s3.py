@@ -41,7 +41,7 @@ from comfyfleet.errors import (
     StoreUnavailable,
     UploadNotFound,
 )
-from comfyfleet.store._common import clamp_range, normalize_metadata
+from comfyfleet.store._common import check_chunking, clamp_range, normalize_metadata
 from comfyfleet.store.base import MAX_PARTS, MultipartUpload, ObjectInfo, PartInfo, check_key
 
 if TYPE_CHECKING:
@@ -396,10 +396,7 @@ class S3Store:
     def iter_bytes(
         self, key: str, start: int = 0, chunk_size: int = 8 * 1024 * 1024
     ) -> Iterator[bytes]:
-        if start < 0 or chunk_size <= 0:
-            raise ValueError(
-                f"iter_bytes needs start >= 0 and chunk_size > 0, got {start}, {chunk_size}"
-            )
+        check_chunking(start, chunk_size)
         full = self._full(key)
         kwargs: dict[str, Any] = {"Range": f"bytes={start}-"} if start else {}
         with self._translate("read", key):
