@@ -41,7 +41,7 @@ for _var in (
 ):
     os.environ.pop(_var, None)
 
-pytest_plugins: list[str] = ["tests.support.seaweed"]
+pytest_plugins: list[str] = ["tests.support.seaweed", "tests.doubles.fixtures"]
 
 
 @pytest.fixture(scope="session")

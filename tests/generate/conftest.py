@@ -1,5 +1,6 @@
 """Fixtures for batch generation: a ComfyUI test server, a client tuned for fast failure
-detection, the fal.ai test server, a local image server, a Hugging Face test hub."""
+detection, the fal.ai test server, a local image server (the Hugging Face test hub ``hub``
+comes from tests.doubles.fixtures)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from comfyfleet.fal import FalSettings
 from comfyfleet.jobs import Job, parse_jobs
 from tests.doubles.comfyui import FakeComfyUI, png_bytes
 from tests.doubles.fal import TEST_KEY, FalDouble
-from tests.doubles.hf_hub import FakeHub
 
 BUILTINS = {
     "sdxl_txt2img", "pony_txt2img", "img2img", "wan_i2v", "hunyuan_t2v", "svd_i2v",
@@ -51,13 +51,6 @@ def fal() -> Iterator[FalDouble]:
 @pytest.fixture
 def fal_settings(fal: FalDouble) -> FalSettings:
     return FalSettings(key=TEST_KEY, base_url=fal.url, poll_interval_s=0.0, backoff_s=0.0)
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        yield server
 
 
 class ImageServer:

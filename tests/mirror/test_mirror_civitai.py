@@ -33,16 +33,18 @@ def civitai_model(model_id: str, version_id: int, file: str, **extra: object) ->
     )
 
 
-def storage_requests(civ: FakeCivitai) -> list[object]:
-    return [r for r in civ.requests if r.server == "storage" and r.method == "GET"]
+def storage_requests(civitai: FakeCivitai) -> list[object]:
+    return [r for r in civitai.requests if r.server == "storage" and r.method == "GET"]
 
 
-def test_mirror_with_token_never_sends_it_to_storage(civ: FakeCivitai, store: ObjectStore) -> None:
+def test_mirror_with_token_never_sends_it_to_storage(
+    civitai: FakeCivitai, store: ObjectStore
+) -> None:
     data = payload(250_000)
-    civ.add_model(10, "Ink Style", type="LORA")
-    civ.add_version(10, 11, "v1", require_auth=True)
-    civ.add_file(11, "ink_style.safetensors", data)
-    civ.add_token(TOKEN)
+    civitai.add_model(10, "Ink Style", type="LORA")
+    civitai.add_version(10, 11, "v1", require_auth=True)
+    civitai.add_file(11, "ink_style.safetensors", data)
+    civitai.add_token(TOKEN)
     model = civitai_model("ink", 11, "ink_style.safetensors")
     result = mirror_file(model, store, tokens=Tokens(civitai=TOKEN), settings=SETTINGS)
     assert result.status == "mirrored"
@@ -50,45 +52,45 @@ def test_mirror_with_token_never_sends_it_to_storage(civ: FakeCivitai, store: Ob
     assert store.get_bytes(model.key) == data
     assert store.head(model.key).sha256 == sha(data)
     assert result.revision == "11"
-    gets = storage_requests(civ)
+    gets = storage_requests(civitai)
     assert gets and all("authorization" not in r.headers for r in gets)  # type: ignore[attr-defined]
 
     # Rerun with the pin the first run learnt: no request at all.
     pinned = civitai_model("ink", 11, "ink_style.safetensors", sha256=sha(data), size=len(data))
-    before = len(civ.requests)
+    before = len(civitai.requests)
     again = mirror_file(pinned, store, tokens=Tokens(civitai=TOKEN), settings=SETTINGS)
-    assert again.status == "skipped" and len(civ.requests) == before
+    assert again.status == "skipped" and len(civitai.requests) == before
     # Unpinned rerun: metadata only, the download endpoint is not hit (it counts downloads).
-    downloads = sum(civ.downloads.values())
+    downloads = sum(civitai.downloads.values())
     assert mirror_file(model, store, tokens=Tokens(civitai=TOKEN), settings=SETTINGS).status == (
         "skipped"
     )
-    assert sum(civ.downloads.values()) == downloads
+    assert sum(civitai.downloads.values()) == downloads
 
 
 def test_login_required_without_token_fails_once_with_a_hint(
-    civ: FakeCivitai, local_store: ObjectStore
+    civitai: FakeCivitai, local_store: ObjectStore
 ) -> None:
-    civ.add_model(20, "Locked", type="LORA")
-    civ.add_version(20, 21, "v1", require_auth=True)
-    civ.add_file(21, "locked.safetensors", payload(1000))
+    civitai.add_model(20, "Locked", type="LORA")
+    civitai.add_version(20, 21, "v1", require_auth=True)
+    civitai.add_file(21, "locked.safetensors", payload(1000))
     model = civitai_model("locked", 21, "locked.safetensors")
     result = mirror_model(model, local_store, tokens=Tokens(), settings=SETTINGS)
     assert result.status == "failed" and not result.transient
     assert result.error is not None
     assert "SourceAuthError" in result.error and "CIVITAI_TOKEN" in result.error
-    download_hits = [r for r in civ.requests if "/api/download/" in r.path]
+    download_hits = [r for r in civitai.requests if "/api/download/" in r.path]
     assert len(download_hits) == 1  # not retried
     assert local_store.exists(model.key) is None
 
 
 def test_hostile_content_disposition_cannot_leave_the_folder(
-    civ: FakeCivitai, store: ObjectStore
+    civitai: FakeCivitai, store: ObjectStore
 ) -> None:
     data = payload(30_000)
-    civ.add_model(30, "Sneaky", type="LORA")
-    civ.add_version(30, 31, "v1")
-    civ.add_file(
+    civitai.add_model(30, "Sneaky", type="LORA")
+    civitai.add_version(30, 31, "v1")
+    civitai.add_file(
         31,
         "sneaky.safetensors",
         data,
@@ -102,12 +104,12 @@ def test_hostile_content_disposition_cannot_leave_the_folder(
 
 
 def test_lora_add_civitai_link_hostile_names_and_learnt_size(
-    civ: FakeCivitai, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    civitai: FakeCivitai, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = payload(40_000)
-    civ.add_model(40, "Paper Cut", type="LORA")
-    civ.add_version(40, 41, "v2")
-    civ.add_file(
+    civitai.add_model(40, "Paper Cut", type="LORA")
+    civitai.add_version(40, 41, "v2")
+    civitai.add_file(
         41, "paper: cut?.safetensors", data, content_disposition='attachment; filename="../x"'
     )
     catalog = tmp_path / "loras.yaml"
@@ -133,11 +135,13 @@ def test_lora_add_civitai_link_hostile_names_and_learnt_size(
     assert "mirrored" in out
 
 
-def test_rate_limited_download_endpoint_waits(civ: FakeCivitai, local_store: ObjectStore) -> None:
-    civ.add_model(50, "Busy", type="LORA")
-    civ.add_version(50, 51, "v1")
-    civ.add_file(51, "busy.safetensors", payload(5000))
-    civ.faults.rate_limit(retry_after="1", where="resolve")
+def test_rate_limited_download_endpoint_waits(
+    civitai: FakeCivitai, local_store: ObjectStore
+) -> None:
+    civitai.add_model(50, "Busy", type="LORA")
+    civitai.add_version(50, 51, "v1")
+    civitai.add_file(51, "busy.safetensors", payload(5000))
+    civitai.faults.rate_limit(retry_after="1", where="resolve")
     began = time.monotonic()
     result = mirror_file(
         civitai_model("busy", 51, "busy.safetensors"),
@@ -149,12 +153,12 @@ def test_rate_limited_download_endpoint_waits(civ: FakeCivitai, local_store: Obj
 
 
 def test_refresh_reports_new_version_and_changed_bytes_without_replacing(
-    civ: FakeCivitai, local_store: ObjectStore
+    civitai: FakeCivitai, local_store: ObjectStore
 ) -> None:
     old = payload(6000, seed=1)
-    civ.add_model(60, "Evolving", type="LORA")
-    civ.add_version(60, 61, "v1")
-    civ.add_file(61, "evolving_v1.safetensors", old)
+    civitai.add_model(60, "Evolving", type="LORA")
+    civitai.add_version(60, 61, "v1")
+    civitai.add_file(61, "evolving_v1.safetensors", old)
     tracked = ModelFile(
         id="evolving",
         folder="loras",
@@ -165,8 +169,8 @@ def test_refresh_reports_new_version_and_changed_bytes_without_replacing(
     assert mirror_models([tracked], local_store, tokens=Tokens(), settings=SETTINGS).ok
     assert check_upstream([tracked], local_store, Tokens()) == []
 
-    civ.add_version(60, 62, "v2")
-    civ.add_file(62, "evolving_v2.safetensors", payload(6000, seed=2))
+    civitai.add_version(60, 62, "v2")
+    civitai.add_file(62, "evolving_v2.safetensors", payload(6000, seed=2))
     changes = check_upstream([tracked], local_store, Tokens())
     assert [(c.kind, c.old, c.new, c.pinned) for c in changes] == [
         ("new-version", "61", "62", True)
@@ -174,7 +178,7 @@ def test_refresh_reports_new_version_and_changed_bytes_without_replacing(
     assert "not replaced" in changes[0].detail
 
     # The tracked version's file itself changes (re-upload): reported, and mirror refuses.
-    civ.versions[61].files[0].data = payload(6000, seed=3)
+    civitai.versions[61].files[0].data = payload(6000, seed=3)
     kinds = [c.kind for c in check_upstream([tracked], local_store, Tokens())]
     assert "changed-sha256" in kinds
     result = mirror_model(tracked, local_store, tokens=Tokens(), settings=SETTINGS, force=True)

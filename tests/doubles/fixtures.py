@@ -1,5 +1,6 @@
-"""Fixtures for the sources tests: the Hugging Face and CivitAI test servers, wired in
-through ``HF_ENDPOINT`` and ``CIVITAI_BASE_URL`` (read by comfyfleet at call time)."""
+"""Fixtures for the source doubles, shared by every test area: the Hugging Face and CivitAI
+test servers, wired in through ``HF_ENDPOINT`` and ``CIVITAI_BASE_URL`` (read by comfyfleet
+at call time)."""
 
 from __future__ import annotations
 
