@@ -63,7 +63,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
-from tests.doubles.faults import Faults, Recorded, Request, Server, fault_status, serve_bytes
+from tests.doubles.faults import (
+    Faults,
+    Recorded,
+    Request,
+    Server,
+    fault_status,
+    refuse_storage_request,
+    send_s3_error,
+    serve_bytes,
+)
 
 FILE_TYPES = (
     "Model",
@@ -573,18 +582,7 @@ class FakeCivitai:
     # ------------------------------------------------------------ storage host
 
     def _route_storage(self, req: Request) -> None:
-        if req.method not in ("GET", "HEAD"):
-            req.send(405, b"")
-            return
-        if "authorization" in req.headers:
-            req.send(
-                400,
-                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument'
-                b"</Code><Message>Only one auth mechanism allowed; only the X-Amz-Algorithm"
-                b" query parameter, Signature query string parameter or the Authorization"
-                b" header should be specified</Message></Error>",
-                content_type="application/xml",
-            )
+        if refuse_storage_request(req):
             return
         key = req.path.lstrip("/")
         date, expires = req.param("X-Amz-Date") or "", req.param("X-Amz-Expires") or "0"
@@ -597,18 +595,13 @@ class FakeCivitai:
         if not hmac.compare_digest(expected, req.param("X-Amz-Signature") or "") or (
             issued + int(expires) < time.time()
         ):
-            req.send(
-                403,
-                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied'
-                b"</Code><Message>Request has expired</Message></Error>",
-                content_type="application/xml",
-            )
+            send_s3_error(req, 403, "AccessDenied", "Request has expired")
             return
         _, vid, fid, _ = key.split("/", 3)
         version = self.versions.get(int(vid))
         f = next((x for x in version.files if x.id == int(fid)), None) if version else None
         if f is None:
-            req.send(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
+            send_s3_error(req, 404, "NoSuchKey")
             return
         serve_bytes(
             req,

@@ -229,6 +229,41 @@ class Server:
         self._thread.join(timeout=5)
 
 
+# ---------------------------------------------------------------- storage hosts (signed URLs)
+
+
+def send_s3_error(req: Request, status: int, code: str, message: str | None = None) -> None:
+    """An S3-style XML error, as the storage hosts behind signed URLs answer (a bare
+    ``<Error><Code>`` without a message, as for ``NoSuchKey``)."""
+    if message is None:
+        body = f"<Error><Code>{code}</Code></Error>"
+    else:
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}'
+            f"</Code><Message>{message}</Message></Error>"
+        )
+    req.send(status, body.encode(), content_type="application/xml")
+
+
+def refuse_storage_request(req: Request) -> bool:
+    """Answer what a signed-URL storage host refuses before looking at the signature:
+    methods other than GET/HEAD, and an Authorization header next to the query signature.
+    True when answered."""
+    if req.method not in ("GET", "HEAD"):
+        req.send(405, b"")
+        return True
+    if "authorization" in req.headers:
+        send_s3_error(
+            req,
+            400,
+            "InvalidArgument",
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+            "Signature query string parameter or the Authorization header should be specified",
+        )
+        return True
+    return False
+
+
 # ---------------------------------------------------------------- serving file bytes
 
 

@@ -57,7 +57,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
-from tests.doubles.faults import Faults, Recorded, Request, Server, fault_status, serve_bytes
+from tests.doubles.faults import (
+    Faults,
+    Recorded,
+    Request,
+    Server,
+    fault_status,
+    refuse_storage_request,
+    send_s3_error,
+    serve_bytes,
+)
 
 _TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".py", ".gitattributes", ".cfg")
 _SECRET = b"fake-cdn-signing-key"
@@ -548,34 +557,19 @@ class FakeHub:
     # ------------------------------------------------------------ CDN
 
     def _route_cdn(self, req: Request) -> None:
-        if req.method not in ("GET", "HEAD"):
-            req.send(405, b"")
-            return
-        if "authorization" in req.headers:
-            body = (
-                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument'
-                b"</Code><Message>Only one auth mechanism allowed; only the X-Amz-Algorithm"
-                b" query parameter, Signature query string parameter or the Authorization"
-                b" header should be specified</Message></Error>"
-            )
-            req.send(400, body, content_type="application/xml")
+        if refuse_storage_request(req):
             return
         expires = req.param("Expires") or "0"
         expected = hmac.new(_SECRET, f"{req.path}{expires}".encode(), "sha256").hexdigest()
         if not hmac.compare_digest(expected, req.param("Signature") or "") or (
             int(expires) < time.time()
         ):
-            req.send(
-                403,
-                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied'
-                b"</Code><Message>Request has expired</Message></Error>",
-                content_type="application/xml",
-            )
+            send_s3_error(req, 403, "AccessDenied", "Request has expired")
             return
         sha256 = req.path.rsplit("/", 1)[-1]
         data = self._blobs.get(sha256)
         if data is None:
-            req.send(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
+            send_s3_error(req, 404, "NoSuchKey")
             return
         headers = {"ETag": f'"{hashlib.md5(data).hexdigest()}"'}
         disposition = req.param("response-content-disposition")
