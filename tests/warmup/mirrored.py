@@ -141,3 +141,20 @@ def facts(
 
 def profile_bytes(name: str) -> int:
     return sum(MODELS[m][2] for m in PROFILES[name][1])
+
+
+def mirrored_root(tmp_path: Path, store: ObjectStore) -> tuple[Path, list[str]]:
+    """Mirror every model into ``store``; an empty ComfyUI root; and the ``--store``,
+    ``--comfy-root`` and ``--catalog`` options a warm-up command line needs for them."""
+    mirror(store)
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    args = [
+        "--store",
+        store.uri,
+        "--comfy-root",
+        str(root),
+        "--catalog",
+        str(write_catalog(tmp_path / "catalog.yaml")),
+    ]
+    return root, args

@@ -13,26 +13,13 @@ from comfyfleet.lock import RootLock
 from comfyfleet.reports import read_history
 from tests.support.comfyui_launcher import DiskComfyUI
 
-from .mirrored import content, mirror, profile_bytes, write_catalog
+from .mirrored import content, mirrored_root, profile_bytes
 
 
 @pytest.fixture
 def setup(tmp_path: Path, local_store: Any) -> dict[str, Any]:
-    mirror(local_store)
-    root = tmp_path / "ComfyUI"
-    root.mkdir()
-    return {
-        "store": local_store,
-        "root": root,
-        "args": [
-            "--store",
-            local_store.uri,
-            "--comfy-root",
-            str(root),
-            "--catalog",
-            str(write_catalog(tmp_path / "catalog.yaml")),
-        ],
-    }
+    root, args = mirrored_root(tmp_path, local_store)
+    return {"store": local_store, "root": root, "args": args}
 
 
 def test_json_is_one_document_with_the_phases(

@@ -14,7 +14,7 @@ from comfyfleet.lock import RootLock
 from comfyfleet.reports import read_history
 from tests.support.comfyui_launcher import DiskComfyUI
 
-from .mirrored import content, mirror, write_catalog
+from .mirrored import content, mirror, mirrored_root, write_catalog
 
 pytestmark = pytest.mark.flow
 
@@ -113,20 +113,8 @@ def test_python_m_flows_warmup_takes_the_cli_options(
 ) -> None:
     from flows.warmup import main
 
-    mirror(local_store)
-    root = tmp_path / "ComfyUI"
-    root.mkdir()
-    argv = [
-        "--store",
-        local_store.uri,
-        "--comfy-root",
-        str(root),
-        "--catalog",
-        str(write_catalog(tmp_path / "catalog.yaml")),
-        "--gpu",
-        "none",
-        "--json",
-    ]
+    root, args = mirrored_root(tmp_path, local_store)
+    argv = [*args, "--gpu", "none", "--json"]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] and data["profile"]["name"] == "minimal"
