@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from comfyfleet.errors import FalError, FalUnavailable, format_bytes
+from comfyfleet.sources.http import parse_retry_after
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 FAL_KEY_ENV = "FAL_KEY"
@@ -363,13 +364,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def _json(response: httpx.Response, app: str, what: str) -> dict[str, Any]:
