@@ -88,8 +88,10 @@ class CatalogError(ConfigError):
         self, message: str, *, problems: Sequence[str] = (), hint: str | None = None
     ) -> None:
         self.problems = list(problems)
-        full = message if not self.problems else message + "\n" + "\n".join(
-            f"  - {p}" for p in self.problems
+        full = (
+            message
+            if not self.problems
+            else message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
         )
         super().__init__(full, hint=hint)
 
@@ -207,9 +209,7 @@ class IntegrityError(ComfyfleetError):
         if expected_size is not None and actual_size is not None and expected_size != actual_size:
             msg = f"{name}: size mismatch, expected {expected_size} bytes, got {actual_size}"
         else:
-            msg = (
-                f"{name}: sha256 mismatch, expected {expected_sha256}, got {actual_sha256}"
-            )
+            msg = f"{name}: sha256 mismatch, expected {expected_sha256}, got {actual_sha256}"
         super().__init__(
             msg,
             hint=hint
