@@ -19,6 +19,7 @@ from types import TracebackType
 
 import yaml
 
+from comfyfleet.catalog import KNOWN_FOLDERS
 from comfyfleet.errors import ConfigError, LockHeldError
 
 STATE_DIR = ".comfyfleet"
@@ -26,32 +27,9 @@ LOCK_NAME = "warmup.lock"
 EXTRA_MODEL_PATHS = "extra_model_paths.yaml"
 EXTRA_SECTION = "comfyfleet"
 
-# The folder keys ComfyUI knows (folder_paths.py) plus those of the video custom nodes;
-# ``unet`` and ``clip`` are legacy names ComfyUI maps to diffusion_models / text_encoders.
-DEFAULT_FOLDERS = (
-    "checkpoints",
-    "vae",
-    "loras",
-    "diffusion_models",
-    "unet",
-    "text_encoders",
-    "clip",
-    "clip_vision",
-    "controlnet",
-    "upscale_models",
-    "embeddings",
-    "vae_approx",
-    "style_models",
-    "hypernetworks",
-    "photomaker",
-    "gligen",
-    "model_patches",
-    "audio_encoders",
-    "animatediff_models",
-    "animatediff_motion_lora",
-    "CogVideo",
-    "LLM",
-)
+# Every folder the catalog may place files in (ComfyUI's folder_paths.py plus those of the
+# video custom nodes); one list, so extra_model_paths.yaml never misses a catalog folder.
+DEFAULT_FOLDERS = tuple(sorted(KNOWN_FOLDERS))
 
 
 def lock_path(comfy_root: Path) -> Path:
