@@ -264,7 +264,10 @@ def parse_jobs(
         problems.extend(errors)
         if job is not None:
             jobs.append(job)
-            seen.setdefault(job.id, []).append(index)
+        # Count ids of invalid rows too, so a duplicate is reported with the other problems.
+        job_id = job.id if job is not None else str(row.get("id") or "").strip()
+        if job_id:
+            seen.setdefault(job_id, []).append(index)
     for job_id, rows in seen.items():
         if len(rows) > 1:
             problems.append(

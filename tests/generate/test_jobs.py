@@ -161,3 +161,13 @@ def test_default_workflow_names_come_from_the_builtin_set(tmp_path: Path) -> Non
     assert "row 2 (id 'b'): column 'video': unknown video workflow 'hunyuan_t2v'" in text
     assert "cogvideox, svd_i2v, wan_i2v" in text
     assert "row 1" not in text
+
+
+def test_duplicate_id_of_an_invalid_row_is_reported_with_its_other_problem(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,workflow\na,sdxl_t2i\na,nope\n")
+    with pytest.raises(ConfigError) as info:
+        read(path)
+    text = str(info.value)
+    assert "row 2 (id 'a'): column 'workflow': 'nope'" in text
+    assert "rows 1, 2: column 'id': duplicate id 'a'" in text
