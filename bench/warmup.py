@@ -17,7 +17,6 @@ the CPU (>= 1.0x where cores are to spare), (a) >= 2.5x faster than (d), (e) < 2
 
     python bench/warmup.py --size-mb 1024 --runs 3
     python bench/warmup.py --size-mb 8192 --workdir /data/bench --workers 16 --json
-    python bench/warmup.py --size-mb 2048 --files 6 --workers 32 --processes 4
 """
 
 from __future__ import annotations
@@ -236,13 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
     parser.add_argument("--range-mb", type=int, default=PullSettings.range_size // MiB)
     parser.add_argument("--workers", type=int, default=PullSettings.max_workers)
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=None,
-        help="worker processes sharing the files (default: auto, 1 below 8 CPUs); "
-        "--workers is shared out between them",
-    )
     parser.add_argument("--buffered", action="store_true", help="pull without O_DIRECT")
     parser.add_argument(
         "--boto3", action="store_true", help="pull with store.get_range, not presigned reads"
@@ -263,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         max_workers=args.workers,
         direct_io=not args.buffered,
         fast_http=not args.boto3,
-        processes=args.processes,
     )
     try:
         files = generate(workdir / "src", total, args.files)
@@ -280,14 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             items = plan_pull(entries, comfy)
             unhashed = dataclasses.replace(settings, hash=False)
             s5_dest = workdir / "target" / "s5cmd"
-            used: dict[str, set[int]] = {"pull": set(), "pull_nohash": set()}
 
-            def ours(s: PullSettings, name: str = "") -> Callable[[], None]:
+            def ours(s: PullSettings) -> Callable[[], None]:
                 def run() -> None:
                     report = pull(items, store, settings=s, preflight_fn=None)
                     report.raise_for_failures()
-                    if name:
-                        used[name].add(report.processes)
                     if report.bytes_downloaded != total:
                         raise SystemExit(f"pulled {report.bytes_downloaded} of {total} bytes")
 
@@ -298,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 sha256sum_all(s5_dest, expected)
 
             variants: dict[str, Callable[[], None]] = {
-                "pull": ours(settings, "pull"),
-                "pull_nohash": ours(unhashed, "pull_nohash"),
+                "pull": ours(settings),
+                "pull_nohash": ours(unhashed),
                 "s5cmd": lambda: s5cmd_cp(ep, store, s5_dest),
                 "s5cmd_sha256sum": s5cmd_then_sha256sum,
             }
@@ -336,8 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "range_mb": args.range_mb,
         "workers": args.workers,
-        "processes_requested": args.processes,
-        "processes": sorted(used["pull"] | used["pull_nohash"]),
         "cpus": os.cpu_count(),
         "upload_s": round(t_up, 2),
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
@@ -362,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"set: {len(files)} files, {total / MiB:.0f} MiB; {figures['cpus']} CPUs; "
-        f"range {args.range_mb} MiB x {args.workers} workers; "
-        f"processes: {'/'.join(map(str, figures['processes']))} "
-        f"({'auto' if args.processes is None else 'asked ' + str(args.processes)}); "
-        f"reads: {reader}; "
+        f"range {args.range_mb} MiB x {args.workers} workers; reads: {reader}; "
         f"O_DIRECT: {settings.direct_io}; median of {args.runs}"
     )
     labels = {

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,7 +58,7 @@ _URL_TTL_S = 3600
 _REFRESH_S = 900.0  # re-sign well before the TTL runs out
 _PROGRESS_BYTES = 8 * MiB
 _STOP_GRACE_S = 10.0
-_CHILD_CODE = "from comfyfleet.pullprocs import run_worker; run_worker()"
+_CHILD_CODE = "from comfyfleet.pullprocs import worker_main; raise SystemExit(worker_main())"
 
 
 # ---------------------------------------------------------------------------- planning
@@ -355,22 +354,6 @@ class _WorkerPuller(_Puller):
     def _job_done(self, job: _FileJob, result: PullResult) -> None:
         self._send(("result", self._index_of[id(job.item)], _portable(result)))
         super()._job_done(job, result)
-
-
-def run_worker() -> None:
-    """A worker process's entry: ``worker_main``, then leave at once.
-
-    ``os._exit``: every file is closed and fsynced by then, and a normal interpreter exit
-    would wait on the stdin listener (a daemon thread inside a read) before aborting.
-    """
-    try:
-        code = worker_main()
-    except BaseException:  # noqa: BLE001 - printed; the parent fails this worker's files
-        traceback.print_exc()
-        code = 1
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()
-    os._exit(code)
 
 
 def worker_main() -> int:
