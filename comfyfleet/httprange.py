@@ -24,7 +24,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
-from typing import Any, Protocol
+from typing import Any
 
 from comfyfleet.errors import (
     ComfyfleetError,
@@ -33,20 +33,12 @@ from comfyfleet.errors import (
     StoreError,
     StoreUnavailable,
 )
+from comfyfleet.store.base import ObjectStore
 
 _CODE_RE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Presigned URLs are made per request (a local HMAC, ~0.1 ms); they only need to outlive it.
 _URL_TTL_S = 900
-
-
-class Presigner(Protocol):
-    """What the reader needs of a store (an ``ObjectStore``, or a pull worker process's table
-    of URLs signed by its parent)."""
-
-    @property
-    def uri(self) -> str: ...
-    def presign_get(self, key: str, expires_s: int = 3600) -> str | None: ...
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -62,14 +54,14 @@ def _ssl_context() -> ssl.SSLContext:
 class PresignedRangeReader:
     """``read_into(key, start, end, buf)`` for one store, safe to call from many threads."""
 
-    def __init__(self, store: Presigner, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, store: ObjectStore, *, timeout_s: float = 60.0) -> None:
         self.store = store
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._ssl: ssl.SSLContext | None = None
 
     @classmethod
-    def for_store(cls, store: Presigner, probe_key: str) -> PresignedRangeReader | None:
+    def for_store(cls, store: ObjectStore, probe_key: str) -> PresignedRangeReader | None:
         """A reader when ``store`` can presign ``probe_key`` to a direct http(s) URL."""
         try:
             url = store.presign_get(probe_key, expires_s=_URL_TTL_S)

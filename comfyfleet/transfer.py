@@ -33,10 +33,6 @@ back to the pool once the hasher has consumed it. Ranges are read with presigned
 straight into those buffers when the store can presign (``httprange``), else with
 ``store.get_range``; the aligned bulk is written with ``O_DIRECT`` (``direct_io``).
 
-**Processes**: on many-core hosts (``PullSettings.processes``) the files to download are
-shared out between worker processes (``pullprocs``), each running this same engine on its
-group; one Python process alone tops out near 1.7 GB/s.
-
 **Concurrency**: every ``.part`` is ``flock``-ed while written, so two processes can never
 write the same file; the warm-up also holds ``lock.RootLock`` for the whole root.
 """
@@ -120,10 +116,6 @@ class PullSettings:
     - ``journal_interval_s``: how often the resume journal may be rewritten (0: every range).
     - ``integrity_retries``: fresh downloads after a hash mismatch before the file fails.
     - ``transient_retries``: attempts per range after a ``TransientError`` (store 5xx, drop).
-    - ``processes``: worker processes sharing the files (``pullprocs``); one Python process
-      tops out near 1.7 GB/s (the GIL), a many-core host can go faster. ``None``: 1 below 8
-      CPUs, else ``min(cpus // 4, files to download, 8)``. ``max_workers`` is shared out
-      between them (at least 4 each). Stores that cannot presign stay in one process.
     """
 
     range_size: int = 16 * MiB
@@ -138,7 +130,6 @@ class PullSettings:
     integrity_retries: int = 1
     transient_retries: int = 5
     retry_backoff_s: float = 0.5
-    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.range_size < 4096:
@@ -151,21 +142,6 @@ class PullSettings:
             raise ConfigError(f"verify {self.verify!r} is not 'fast' or 'full'")
         if self.buffered_ranges is not None and self.buffered_ranges < 0:
             raise ConfigError(f"buffered_ranges {self.buffered_ranges} must be >= 0")
-        if self.processes is not None and self.processes < 1:
-            raise ConfigError(
-                f"processes {self.processes} must be >= 1", hint="or leave it unset (auto)"
-            )
-
-    def processes_for(self, files: int, cpus: int | None = None) -> int:
-        """Worker processes for ``files`` files to download (see ``processes``)."""
-        if files <= 1:
-            return 1
-        if self.processes is not None:
-            return min(self.processes, files)
-        cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-        if cpus < 8:
-            return 1
-        return max(1, min(cpus // 4, files, 8))
 
     @property
     def slots(self) -> int:
@@ -225,7 +201,6 @@ class PullReport:
     bytes_resumed: int = 0
     bytes_hashed_present: int = 0  # bytes of present files read back to verify them
     reader: str = ""  # how ranges were read: presigned-http, store.get_range, ...
-    processes: int = 1  # worker processes that downloaded (1: in this process)
 
     @property
     def ok(self) -> bool:
@@ -256,15 +231,6 @@ class PullReport:
             f"first: {first.error}",
             hint="rerun the warm-up: finished files are kept and partial ones resume",
         ) from first.exception
-
-
-class RangeSource(Protocol):
-    """What the download engine needs of a store (any ``ObjectStore`` will do)."""
-
-    @property
-    def uri(self) -> str: ...
-    def get_range(self, key: str, start: int, end: int) -> bytes: ...
-    def presign_get(self, key: str, expires_s: int = 3600) -> str | None: ...
 
 
 class EntryLike(Protocol):
@@ -777,7 +743,7 @@ class _Puller:
     """Runs the jobs on one thread pool; the calling thread only hands out range tickets."""
 
     def __init__(
-        self, store: RangeSource, settings: PullSettings, progress: Progress | None
+        self, store: ObjectStore, settings: PullSettings, progress: Progress | None
     ) -> None:
         self.store = store
         self.settings = settings
@@ -1306,26 +1272,11 @@ def pull(
         on_plan(len(jobs), sum(j.item.size for j in jobs))
 
     t1 = time.monotonic()
-    processes = settings.processes_for(len(jobs))
-    if processes > 1:
-        # Imported here: pullprocs builds on this module.
-        from comfyfleet.pullprocs import pull_in_processes
-
-        outcome = pull_in_processes(jobs, store, settings, progress, processes)
-    else:
-        outcome = None
-    done: list[PullResult | None]
-    if outcome is not None:
-        done, reader = list(outcome[0]), outcome[1]
-        processes = min(processes, len(jobs))
-    else:
-        processes = 1
-        puller = _Puller(store, settings, progress)
-        puller.run(jobs)
-        reader = puller.reader
-        done = [_final(job).result for job in jobs]
+    puller = _Puller(store, settings, progress)
+    puller.run(jobs)
     download_seconds = time.monotonic() - t1 if jobs else 0.0
-    for (n, _job), result in zip(job_of.items(), done, strict=True):
+    for n, job in job_of.items():
+        result = _final(job).result
         assert result is not None
         results[n] = result
 
@@ -1339,8 +1290,7 @@ def pull(
         bytes_present=sum(r.size for r in ordered if r.status == "present"),
         bytes_resumed=sum(r.resumed_bytes for r in ordered),
         bytes_hashed_present=sum(c.hashed_bytes for c in checks),
-        reader=reader if jobs else "",
-        processes=processes if jobs else 1,
+        reader=puller.reader if jobs else "",
     )
 
 
