@@ -1312,10 +1312,14 @@ class FakeComfyUI:
 
         to_run = [n for n in order if n not in cached]
         samplers = [n for n in to_run if prompt[n]["class_type"] in SAMPLER_CLASSES]
-        share: dict[str, float] = {}
+        # Absolute end time of each node that spends the prompt's execution time: deadlines
+        # from the prompt's start, so wait overshoot and message work do not add up and a
+        # prompt takes ``execution_time``, as a fixed-cost GPU job would.
+        until: dict[str, float] = {}
         if self.execution_time > 0 and to_run:
             weighted = samplers or to_run
-            share = {n: self.execution_time / len(weighted) for n in weighted}
+            step = self.execution_time / len(weighted)
+            until = {n: run.started + step * (i + 1) for i, n in enumerate(weighted)}
 
         ui_outputs: dict[str, dict[str, Any]] = {}
         executed: list[str] = []
@@ -1357,7 +1361,7 @@ class FakeComfyUI:
                       record=True)  # fmt: skip
                 outcome = "error"
                 break
-            if not self._spend(sid, prompt_id, node_id, node, share.get(node_id, 0.0)):
+            if not self._spend(sid, prompt_id, node_id, node, until.get(node_id)):
                 outcome = "interrupted"
                 break
             ui = self._make_outputs(node_id, node, prompt) if _is_output(class_type) else None
@@ -1403,9 +1407,17 @@ class FakeComfyUI:
             self._send(sid, "executing", {"node": None, "prompt_id": prompt_id})
 
     def _spend(
-        self, sid: str | None, prompt_id: str, node_id: str, node: Mapping[str, Any], seconds: float
+        self,
+        sid: str | None,
+        prompt_id: str,
+        node_id: str,
+        node: Mapping[str, Any],
+        until: float | None,
     ) -> bool:
-        """Run one node for ``seconds``; sampler nodes report progress. False if interrupted."""
+        """Run one node until ``until`` (monotonic; None = no time); sampler nodes report
+        progress. False if interrupted."""
+        start = time.monotonic()
+        seconds = max(0.0, until - start) if until is not None else 0.0
         if node["class_type"] not in SAMPLER_CLASSES:
             # The interrupt flag is checked between nodes: a plain node runs to its end.
             if seconds > 0:
@@ -1415,7 +1427,8 @@ class FakeComfyUI:
         steps = steps if isinstance(steps, int) and steps > 0 else 20
         count = max(1, min(self.progress_steps, steps))
         for i in range(1, count + 1):
-            if self._interrupt.wait(seconds / count if seconds > 0 else 0):
+            left = start + seconds * i / count - time.monotonic()
+            if self._interrupt.wait(max(0.0, left)):
                 return False
             value = round(steps * i / count)
             if self.preview_frames:
