@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from blocks.comfyui import ComfyUIEndpoint
 from blocks.store import ComfyfleetStore
-from blocks.tokens import FalCredentials, SourceTokens, VastCredentials
+from blocks.tokens import FalCredentials, SourceTokens
 
 __all__ = [
     "ComfyUIEndpoint",
     "ComfyfleetStore",
     "FalCredentials",
     "SourceTokens",
-    "VastCredentials",
 ]

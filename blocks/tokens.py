@@ -49,16 +49,3 @@ class FalCredentials(Block):
     _description: ClassVar[str | None] = "fal.ai API key (the FAL_KEY value)."
 
     key: SecretStr = Field(description="fal.ai key, 'key_id:key_secret'.")
-
-
-class VastCredentials(Block):
-    """The vast.ai API key for renting and releasing GPU instances."""
-
-    # A validation error must not echo the secrets it was given.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    _block_type_name: ClassVar[str | None] = "Comfyfleet vast.ai Credentials"
-    _block_type_slug: ClassVar[str | None] = "comfyfleet-vast-credentials"
-    _description: ClassVar[str | None] = "vast.ai API key (the VAST_API_KEY value)."
-
-    api_key: SecretStr = Field(description="vast.ai API key.")

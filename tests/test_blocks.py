@@ -17,7 +17,6 @@ from blocks import (
     ComfyUIEndpoint,
     FalCredentials,
     SourceTokens,
-    VastCredentials,
 )
 from comfyfleet.cli import main
 from comfyfleet.cli.stores import resolve_store
@@ -35,7 +34,6 @@ def test_secrets_hidden_in_repr_and_str() -> None:
         ),
         SourceTokens(hf_token=SECRET, civitai_token=SECRET),
         FalCredentials(key=SECRET),
-        VastCredentials(api_key=SECRET),
     ]
     for block in made:
         assert SECRET not in repr(block) and SECRET not in str(block)
@@ -130,7 +128,6 @@ def test_saved_block_is_loaded_by_name(
         SourceTokens,
         ComfyUIEndpoint,
         FalCredentials,
-        VastCredentials,
     }
     for cls in exported:
         cls.register_type_and_schema(_sync=True)
