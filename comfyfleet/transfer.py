@@ -700,8 +700,11 @@ class _FileJob:
     def discard(self) -> None:
         self.close()
         with self.journal_lock:
-            self.item.part.unlink(missing_ok=True)
-            self.item.journal.unlink(missing_ok=True)
+            for path in (self.item.part, self.item.journal):
+                # Cleanup after a failure must not replace that failure with its own (a
+                # parent that is a file, not a directory, fails open() and unlink() alike).
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    path.unlink()
 
 
 def _open_direct(path: Path) -> int | None:

@@ -313,6 +313,23 @@ def test_object_shorter_than_manifest(local_store: ObjectStore, comfy: Path) -> 
     assert not items[0].dest.exists() and leftovers(comfy) == []
 
 
+def test_a_folder_that_is_a_file_fails_that_file_not_the_pull(
+    local_store: ObjectStore, comfy: Path
+) -> None:
+    entries = [
+        put(local_store, "checkpoints", "a.safetensors", blob(RS, 1)),
+        put(local_store, "vae", "b.safetensors", blob(RS, 2)),
+    ]
+    (comfy / "models").mkdir(parents=True)
+    (comfy / "models" / "checkpoints").write_bytes(b"not a folder")
+    items = plan_pull(entries, comfy)
+    # The cleanup of the failed file must not raise over its failure (NotADirectoryError).
+    report = pull(items, local_store, settings=SETTINGS, preflight_fn=None)
+    assert statuses(report) == ["failed", "placed"]
+    assert "FileExistsError" in (report.items[0].error or "")  # mkdir of the folder
+    assert items[1].dest.read_bytes() == blob(RS, 2)
+
+
 def test_stale_wrong_size_file_is_replaced(store: ObjectStore, comfy: Path) -> None:
     data = blob(2 * RS + 1, 8)
     items = plan_pull([put(store, "checkpoints", "m.safetensors", data)], comfy)
