@@ -427,6 +427,13 @@ class WarmupSession:
                     f"ComfyUI root {self.comfy_root} is not a directory",
                     hint="pass --comfy-root pointing at the ComfyUI checkout (it holds main.py)",
                 )
+            base = self.models_base
+            if base.exists() and not base.is_dir():
+                raise ConfigError(
+                    f"models folder {base} is a file, not a directory",
+                    hint="pass --models-dir a directory (it is created if missing), or leave "
+                    "it out to use <comfy-root>/models",
+                )
             if self.workflow_path is not None:
                 self.workflow = load_workflow(self.workflow_path)
             if self.lock is None:

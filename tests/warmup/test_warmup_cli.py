@@ -96,6 +96,18 @@ def test_a_failure_exits_non_zero_with_error_and_hint(
     assert verdicts == ["FAIL", "FAIL"]
 
 
+def test_models_dir_that_is_a_file_is_bad_input(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_dir = tmp_path / "jobs.csv"
+    not_a_dir.write_text("id\n")
+    args = [*setup["args"], "--gpu", "none", "--models-dir", str(not_a_dir)]
+    assert main(["warmup", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"error: models folder {not_a_dir} is a file, not a directory" in err
+    assert "hint: pass --models-dir a directory" in err and "Traceback" not in err
+
+
 def test_comfy_url_readiness_through_the_cli(
     setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
