@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
 from comfyfleet.cli.common import add_catalog_option
 from comfyfleet.errors import ConfigError
+from comfyfleet.files import write_atomic
 from comfyfleet.render import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
@@ -138,12 +138,13 @@ def _write(text: str, output: Path | None, *, executable: bool = False) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if executable:
-        tmp.chmod(0o755)
-    tmp.replace(output)
+    try:
+        write_atomic(output, text, mode=0o755 if executable else None)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {output}: {exc.strerror or type(exc).__name__}",
+            hint="pass --output a file path in a folder you can write to",
+        ) from None
     print(f"wrote {output}", file=sys.stderr)
 
 

@@ -95,6 +95,19 @@ def test_render_onstart_writes_an_executable_file(tmp_path: Path) -> None:
     assert 'COMFYFLEET_PROFILE="${COMFYFLEET_PROFILE:-image}"' in out.read_text()
 
 
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_render_output_that_cannot_be_written_is_one_line(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    out = tmp_path if where == "folder" else tmp_path / "notes.txt" / "onstart.sh"
+    assert main(["render", "onstart", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: ") and "Traceback" not in err
+    assert "hint: pass --output a file path" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temp file left
+
+
 def _stub_venv(home: Path) -> None:
     """Pretend comfyfleet is installed in the script's venv: wrappers around this one."""
     bin_dir = home / "venv" / "bin"
