@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comfyfleet import __version__
 from comfyfleet.errors import ConfigError
+from comfyfleet.files import write_atomic
 from comfyfleet.transfer import EntryLike, hash_file
 
 BAKED_FORMAT = "comfyfleet-baked/1"
@@ -114,10 +115,7 @@ def write_baked_manifest(
         models_dir=str(base),
         entries=sorted(baked, key=lambda e: e.key),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, manifest.model_dump_json(indent=1) + "\n")
     return manifest
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from comfyfleet.catalog import KNOWN_FOLDERS
 from comfyfleet.errors import ConfigError, LockHeldError
+from comfyfleet.files import write_atomic
 
 STATE_DIR = ".comfyfleet"
 LOCK_NAME = "warmup.lock"
@@ -149,12 +150,8 @@ def write_extra_model_paths(
     for folder in sorted(set(folders) if folders is not None else DEFAULT_FOLDERS):
         entry[folder] = f"{folder}/"
     data[section] = entry
-    comfy_root.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(
+    return write_atomic(
+        target,
         "# written by comfyfleet warm-up: models live outside the ComfyUI tree\n"
         + yaml.safe_dump(data, sort_keys=False, default_flow_style=False),
-        encoding="utf-8",
     )
-    os.replace(tmp, target)
-    return target

@@ -28,6 +28,7 @@ from comfyfleet.errors import (
     StoreError,
     format_bytes,
 )
+from comfyfleet.files import write_atomic
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.timing import ColdStartRecord, Phase
 
@@ -246,10 +247,7 @@ def render_timeline(record: ColdStartRecord, path: Path | None = None) -> bytes:
     fig.savefig(buf, format="png")
     data = buf.getvalue()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(path, data)
     return data
 
 
@@ -390,11 +388,15 @@ def publish(
     out = Published()
     png: bytes | None = None
     try:
-        png = render_timeline(record, timeline_path)
-        if timeline_path is not None:
-            out.timeline_path = str(timeline_path)
+        png = render_timeline(record, None)
     except (OSError, ValueError) as exc:
         out.problems.append(f"timeline not drawn: {exc}")
+    if png is not None and timeline_path is not None:
+        try:
+            write_atomic(timeline_path, png)
+            out.timeline_path = str(timeline_path)
+        except OSError as exc:  # a bad local path still leaves the store copy below
+            out.problems.append(f"timeline not written to {timeline_path}: {exc.strerror}")
     if store is None:
         return out
     if png is not None:

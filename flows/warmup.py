@@ -43,6 +43,7 @@ from prefect.cache_policies import NO_CACHE
 
 from comfyfleet.catalog import AUTO_PROFILE, load_catalog
 from comfyfleet.errors import ComfyfleetError, ConfigError
+from comfyfleet.files import write_atomic
 from comfyfleet.reports import markdown_summary, phase_rows, publish, verdict_line
 from comfyfleet.warmup import WarmupResult, WarmupSession
 from flows._common import ProgressThrottle, artifact_key, open_flow_store, transient_only
@@ -273,10 +274,7 @@ def warmup(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,18 @@ def test_publish_never_raises_when_the_store_fails(tmp_path: Path) -> None:
     assert all("store is down" in p for p in published.problems)
 
 
+def test_timeline_to_an_unwritable_path_is_a_problem_and_leaves_no_temp(
+    tmp_path: Path, local_store: Any
+) -> None:
+    where = tmp_path / "out"
+    (where / "a-folder").mkdir(parents=True)
+    published = publish(make_record(), local_store, timeline_path=where / "a-folder")
+    assert published.timeline_path is None
+    assert published.problems == [f"timeline not written to {where / 'a-folder'}: Is a directory"]
+    assert published.timeline_key is not None  # the store still gets the PNG
+    assert [p.name for p in where.iterdir()] == ["a-folder"]  # no temp file left beside it
+
+
 def test_failed_and_skipped_phases_still_draw(tmp_path: Path) -> None:
     now = [0.0]
     clock = PhaseClock(monotonic=lambda: now[0])
