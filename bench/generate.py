@@ -35,6 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Nothing leaves the machine: telemetry off before any library is imported (local-services.md).
+os.environ.update(
+    {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
+
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402
 from comfyfleet.generate import run_batch  # noqa: E402
 from comfyfleet.jobs import Job  # noqa: E402
@@ -124,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
     with tempfile.TemporaryDirectory(prefix="comfyfleet-bench-") as tmp:
         piped = one_run(args.jobs, args.exec_s, 2, Path(tmp))
         naive = one_run(args.jobs, args.exec_s, 1, Path(tmp))

@@ -45,7 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# Nothing leaves the machine: telemetry off before any library is imported (local-services.md).
+os.environ.update(
+    {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
 
 from comfyfleet.manifest import Manifest, ManifestEntry, write_manifest  # noqa: E402
 from comfyfleet.store.s3 import S3Store  # noqa: E402
