@@ -30,6 +30,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 
 from comfyfleet.catalog import CivitaiSource, HFSource
 from comfyfleet.errors import ConfigError
+from comfyfleet.sources.base import redact_url
 
 HF_HOSTS = frozenset({"huggingface.co", "hf.co"})
 CIVITAI_HOSTS = frozenset({"civitai.com", "civitai.red", "civitai.green", "civitai.blue"})
@@ -100,13 +101,14 @@ def is_civitai_link(url: str) -> bool:
 def parse_hf_link(url: str) -> HFSource:
     """A Hugging Face file link as an :class:`HFSource` (ConfigError if it names no file)."""
     text = url.strip()
+    shown = redact_url(text)  # a pasted ?token= never reaches the message
     parts = urlsplit(text)
     if parts.scheme == "hf":
         return _parse_hf_uri(text)
     segments = [s for s in parts.path.split("/") if s]
     if segments and segments[0] in ("datasets", "spaces", "buckets"):
         raise ConfigError(
-            f"{text}: a Hugging Face {segments[0][:-1]} link; only model repos are supported",
+            f"{shown}: a Hugging Face {segments[0][:-1]} link; only model repos are supported",
             hint="link a file of a model repo: https://huggingface.co/<org>/<repo>/blob/<rev>/<path>",
         )
     for n in (2, 1):
@@ -116,7 +118,7 @@ def parse_hf_link(url: str) -> HFSource:
             break
     else:
         raise ConfigError(
-            f"{text}: a Hugging Face link without a file (expected .../blob/<rev>/<path>)",
+            f"{shown}: a Hugging Face link without a file (expected .../blob/<rev>/<path>)",
             hint="open the file on the Hub and copy its link (or its download link)",
         )
     revision = unquote(rest[0])
@@ -125,7 +127,7 @@ def parse_hf_link(url: str) -> HFSource:
     path = "/".join(unquote(s) for s in rest[1:])
     if not path:
         raise ConfigError(
-            f"{text}: the link names revision {revision!r} but no file",
+            f"{shown}: the link names revision {revision!r} but no file",
             hint="link a file: https://huggingface.co/<org>/<repo>/blob/<rev>/<path>",
         )
     return HFSource(type="hf", repo=repo, revision=revision, path=path)
@@ -148,6 +150,7 @@ def _parse_hf_uri(text: str) -> HFSource:
 def parse_civitai_ref(url: str) -> CivitaiRef:
     """The ids and file-selecting parameters of any CivitAI link form (ConfigError if none)."""
     text = url.strip()
+    shown = redact_url(text)  # a pasted ?token= never reaches the message
     air = _AIR.match(text)
     if air:
         version = air.group("version")
@@ -160,7 +163,7 @@ def parse_civitai_ref(url: str) -> CivitaiRef:
 
     def number(value: str, what: str) -> int:
         if not value.isdigit() or not 0 < int(value) <= 2_147_483_647:
-            raise ConfigError(f"{text}: {what} {value!r} is not a valid id", hint=_HINT)
+            raise ConfigError(f"{shown}: {what} {value!r} is not a valid id", hint=_HINT)
         return int(value)
 
     if m := re.fullmatch(r"/models/(\d+)(?:/[^/]*)?", path):
@@ -177,12 +180,12 @@ def parse_civitai_ref(url: str) -> CivitaiRef:
     if m := re.fullmatch(r"/api/v1/model-versions/by-hash/([^/]+)", path):
         digest = m.group(1)
         if not _HASH.match(digest):
-            raise ConfigError(f"{text}: {digest!r} is not a file hash", hint=_HINT)
+            raise ConfigError(f"{shown}: {digest!r} is not a file hash", hint=_HINT)
         return CivitaiRef(None, None, by_hash=digest.upper())
     if m := re.fullmatch(r"/api/v1/model-versions/(\d+)", path):
         return CivitaiRef(None, number(m.group(1), "version id"))
     raise ConfigError(
-        f"{text}: a CivitAI link, but not one that names a model or version",
+        f"{shown}: a CivitAI link, but not one that names a model or version",
         hint="use the model page (https://civitai.com/models/<id>?modelVersionId=<v>) "
         "or the download link (https://civitai.com/api/download/models/<v>)",
     )
@@ -220,4 +223,4 @@ def parse_link(url: str) -> HFSource | CivitaiSource:
         return parse_civitai_link(url)
     if is_hf_link(url):
         return parse_hf_link(url)
-    raise ConfigError(f"{url.strip()}: not a Hugging Face or CivitAI link", hint=_HINT)
+    raise ConfigError(f"{redact_url(url.strip())}: not a Hugging Face or CivitAI link", hint=_HINT)

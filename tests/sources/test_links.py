@@ -161,3 +161,20 @@ def test_bad_links_are_config_errors(link: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         parse_link(link)
     assert info.value.hint
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://example.com/lora.safetensors?token=SEKRIT123",
+        "https://civitai.com/models/abc?token=SEKRIT123",
+        "https://civitai.com/user/someone?token=SEKRIT123",
+        "https://huggingface.co/datasets/org/repo/blob/main/x.safetensors?token=SEKRIT123",
+        "https://huggingface.co/org/repo?token=SEKRIT123",
+    ],
+)
+def test_a_pasted_token_never_reaches_the_error(link: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_link(link)
+    assert "SEKRIT123" not in str(info.value)
+    assert "token=***" in info.value.message  # the link is still recognisable
