@@ -36,3 +36,28 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def _number(kind: type[int] | type[float], *, minimum: float, inclusive: bool) -> Any:
+    """An argparse ``type`` that parses ``kind`` and refuses values below ``minimum``."""
+    relation = ">=" if inclusive else ">"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+non_negative_int = _number(int, minimum=0, inclusive=True)
+positive_int = _number(int, minimum=1, inclusive=True)
+non_negative_float = _number(float, minimum=0, inclusive=True)
+positive_float = _number(float, minimum=0, inclusive=False)

@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from comfyfleet.cli.common import add_catalog_option, add_json_option, add_store_options, print_json
+from comfyfleet.cli.common import (
+    add_catalog_option,
+    add_json_option,
+    add_store_options,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ConfigError
 from comfyfleet.fal import FAL_KEY_ENV, FalSettings
@@ -42,13 +49,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--queue-depth",
-        type=int,
+        type=positive_int,
         default=2,
         metavar="N",
         help="prompts kept queued in ComfyUI at once (default 2: never idle)",
     )
     parser.add_argument(
-        "--retries", type=int, default=2, metavar="N", help="retries per job on connection errors"
+        "--retries",
+        type=non_negative_int,
+        default=2,
+        metavar="N",
+        help="retries per job on connection errors",
     )
     parser.add_argument(
         "--comfy-root",

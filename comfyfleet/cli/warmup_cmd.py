@@ -27,7 +27,14 @@ from rich.progress import (
 from rich.table import Table
 
 from comfyfleet.catalog import AUTO_PROFILE, Catalog, load_catalog
-from comfyfleet.cli.common import add_catalog_option, add_json_option, add_store_options, print_json
+from comfyfleet.cli.common import (
+    add_catalog_option,
+    add_json_option,
+    add_store_options,
+    non_negative_float,
+    positive_float,
+    print_json,
+)
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ComfyfleetError, format_bytes
 from comfyfleet.reports import phase_rows, publish, verdict_line
@@ -63,7 +70,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="NAME|auto",
         help="profile to pull (default auto: the largest that fits VRAM and disk)",
     )
-    p.add_argument("--vram-gb", type=float, metavar="N", help="use N GB as the GPU's VRAM")
+    p.add_argument(
+        "--vram-gb", type=non_negative_float, metavar="N", help="use N GB as the GPU's VRAM"
+    )
     p.add_argument("--gpu", choices=["none"], help="no GPU (laptop, CI): skip nvidia-smi")
     p.add_argument(
         "--force",
@@ -117,7 +126,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--fail-on-target", action="store_true", help="exit 3 when the cold start misses its target"
     )
-    p.add_argument("--target-s", type=float, metavar="S", help="override the target seconds")
+    p.add_argument(
+        "--target-s", type=positive_float, metavar="S", help="override the target seconds"
+    )
     p.add_argument(
         "--instance-id",
         default="",
@@ -126,21 +137,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--boot-timeout",
-        type=float,
+        type=positive_float,
         default=600.0,
         metavar="S",
         help="how long ComfyUI may take to come up (default 600)",
     )
     p.add_argument(
         "--prompt-timeout",
-        type=float,
+        type=positive_float,
         default=1800.0,
         metavar="S",
         help="how long the first prompt may take (default 1800)",
     )
     p.add_argument(
         "--wait-lock",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         metavar="S",
         help="wait up to S seconds for another warm-up on this root to finish",
