@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers over the comfyfleet library (mirror, warm-up, generate)."""
