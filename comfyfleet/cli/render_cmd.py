@@ -126,6 +126,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check_store_uri(uri: str) -> None:
+    # The store is opened on the instance, not here: check the URI's form only.
+    if uri and urlsplit(uri).scheme == "s3" and not urlsplit(uri).netloc:
+        raise ConfigError(
+            f"--store {uri!r} names no bucket", hint="write it as s3://bucket or s3://bucket/prefix"
+        )
     if uri and "@" in urlsplit(uri).netloc:
         raise ConfigError(
             "the --store URI carries credentials; they do not belong in a script",

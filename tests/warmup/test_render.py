@@ -88,6 +88,13 @@ def test_render_onstart_cli_refuses_credentials_in_the_store_uri(
     assert "carries credentials" in err and "secret" not in err.replace("credentials", "")
 
 
+def test_render_onstart_cli_refuses_an_s3_uri_without_bucket(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["render", "onstart", "--store", "s3://"]) == 2
+    assert "names no bucket" in capsys.readouterr().err
+
+
 def test_render_onstart_writes_an_executable_file(tmp_path: Path) -> None:
     out = tmp_path / "onstart.sh"
     assert main(["render", "onstart", "--profile", "image", "--output", str(out)]) == 0
