@@ -520,6 +520,12 @@ def _load_one(path: Path) -> tuple[list[ModelFile], dict[str, Profile], list[str
         if not PROFILE_RE.match(str(pname)):
             problems.append(f"{where}: name must be letters, digits, '.', '_' or '-'")
             continue
+        if not isinstance(pdata, dict | None):
+            problems.append(
+                f"{where}: must be a mapping, got a {type(pdata).__name__}; "
+                f"write it as `{pname}: {{models: [id, ...]}}`"
+            )
+            continue
         try:
             profiles[str(pname)] = Profile.model_validate(pdata or {})
         except ValidationError as exc:

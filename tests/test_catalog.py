@@ -517,3 +517,13 @@ def test_warnings_say_what_is_unpinned(tmp_path: Path) -> None:
 def test_uppercase_civitai_hash_is_accepted_lowercased(tmp_path: Path) -> None:
     path = write(tmp_path, "user.yaml", "models:\n" + entry("a", extra=f"sha256: {'AB' * 32}"))
     assert load_catalog([path]).get("a").sha256 == "ab" * 32
+
+
+def test_a_profile_written_as_a_list_says_how_to_write_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "user.yaml", "models:\n" + entry("a") + "\nprofiles:\n  mine: [a]\n")
+    with pytest.raises(CatalogError) as info:
+        load_catalog([path])
+    assert info.value.problems == [
+        f"{path}: profile mine: must be a mapping, got a list; "
+        "write it as `mine: {models: [id, ...]}`"
+    ]
