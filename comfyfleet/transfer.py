@@ -68,6 +68,7 @@ from comfyfleet.errors import (
     TransientError,
     format_bytes,
 )
+from comfyfleet.files import fsync_dir, write_atomic
 from comfyfleet.httprange import PresignedRangeReader
 from comfyfleet.store.base import ObjectStore
 
@@ -454,23 +455,7 @@ def write_marker(item: PullItem, st: os.stat_result) -> None:
 
 
 def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(json.dumps(record, sort_keys=True).encode())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(record, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------- journal
@@ -1063,7 +1048,7 @@ class _Puller:
             os.replace(item.part, item.dest)
             item.journal.unlink(missing_ok=True)
         if self.settings.fsync:
-            _fsync_dir(item.dest.parent)
+            fsync_dir(item.dest.parent)
         verified: Literal["downloaded", "unverified"] = "unverified"
         if job.digest is not None:
             write_marker(item, os.stat(item.dest))

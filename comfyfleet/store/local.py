@@ -42,6 +42,7 @@ from comfyfleet.errors import (
     StoreError,
     UploadNotFound,
 )
+from comfyfleet.files import fsync_dir
 from comfyfleet.store._common import check_chunking, clamp_range, normalize_metadata
 from comfyfleet.store.base import (
     MAX_PARTS,
@@ -60,20 +61,6 @@ _COPY_CHUNK = 8 * 1024 * 1024
 
 def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; some filesystems refuse to open a dir, that is fine.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _copy_into(dst_fd: int, src: Path, size: int) -> None:
@@ -227,7 +214,7 @@ class LocalStore:
                 os.link(tmp, dest)
             else:
                 os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
