@@ -20,41 +20,12 @@ from comfyfleet.baked import check_baked, read_baked_manifest
 from comfyfleet.errors import ComfyError, ConfigError, InsufficientDiskError, LockHeldError
 from comfyfleet.lock import RootLock
 from comfyfleet.warmup import WarmupResult, bake, load_workflow, warm_up
+from tests.comfy.graphs import txt2img
 from tests.support.comfyui_launcher import DiskComfyUI
 
 from .mirrored import MODELS, catalog, content, facts, mirror, profile_bytes
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def txt2img(ckpt: str = "base.safetensors") -> dict[str, Any]:
-    """A minimal API-format workflow that loads ``ckpt`` (the warm-up prompt)."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "warm", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "5": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1},
-        },
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["4", 0],
-                "seed": 1,
-                "steps": 1,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-                "denoise": 1.0,
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "w"}},
-    }
 
 
 @pytest.fixture
@@ -74,7 +45,7 @@ def comfy(root: Path) -> Iterator[DiskComfyUI]:
 @pytest.fixture
 def workflow_file(tmp_path: Path) -> Path:
     path = tmp_path / "warmup.json"
-    path.write_text(json.dumps(txt2img()))
+    path.write_text(json.dumps(txt2img("base.safetensors")))
     return path
 
 
