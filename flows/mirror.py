@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -37,7 +38,7 @@ from prefect.tasks import exponential_backoff
 
 from comfyfleet.catalog import ModelFile, load_catalog
 from comfyfleet.errors import ComfyfleetError, ConfigError, format_bytes
-from comfyfleet.manifest import update_manifest
+from comfyfleet.manifest import ManifestEntry, read_manifest, update_manifest
 from comfyfleet.mirror import (
     MirrorResult,
     failed_result,
@@ -163,6 +164,7 @@ def mirror_file_task(
     force: bool,
     progress_key: str,
     settings: TransferSettings | None = None,
+    manifest: Mapping[str, ManifestEntry] | None = None,
 ) -> MirrorResult:
     """Mirror one file; raises its error so that Prefect retries transient ones."""
     run = _RUNS.get(progress_key)
@@ -175,6 +177,7 @@ def mirror_file_task(
         settings=settings,
         force=force,
         progress=_FileProgress(run, model.id) if run is not None else None,
+        manifest=manifest,
     )
     if run is not None:
         run.finish(model.id, result.bytes)
@@ -284,7 +287,10 @@ def mirror_models_flow(
         raise ConfigError(f"max_parallel must be at least 1, got {max_parallel}")
     began = time.monotonic()
     models = select_models(catalog_paths, profile, ids)
-    store_uri = open_flow_store(store, store_block).uri  # fail fast on a bad store
+    flow_store = open_flow_store(store, store_block)  # fail fast on a bad store
+    store_uri = flow_store.uri
+    # Read once for every file's skip check, as comfyfleet.mirror.mirror_models does.
+    manifest = read_manifest(flow_store).by_key()
     logger.info("mirroring %d file(s) into %s", len(models), store_uri)
     progress = RunProgress(models)
     progress.start_artifact()
@@ -304,6 +310,7 @@ def mirror_models_flow(
                         "tokens_block": tokens_block,
                         "force": force,
                         "progress_key": key,
+                        "manifest": manifest,
                     },
                 )
                 for model in models
