@@ -1,6 +1,6 @@
 """Batch generation benchmark: does ComfyUI ever idle between jobs?
 
-Runs ``--jobs`` text-to-image jobs through :func:`comfyfleet.generate.run_batch` against the
+Runs ``--jobs`` text-to-image jobs through :func:`comfyfleet.generate.batch.run_batch` against the
 ComfyUI test server (tests/doubles/comfyui.py) whose prompts each take ``--exec`` seconds,
 with outputs stored in a local store, twice in the same process:
 
@@ -46,8 +46,8 @@ os.environ.update(
 )
 
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402
-from comfyfleet.generate import run_batch  # noqa: E402
-from comfyfleet.jobs import Job  # noqa: E402
+from comfyfleet.generate.batch import run_batch  # noqa: E402
+from comfyfleet.generate.jobs import Job  # noqa: E402
 from comfyfleet.store.local import LocalStore  # noqa: E402
 from tests.doubles.comfyui import FakeComfyUI  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Benchmark: mirror a generated file from a local HTTP source into SeaweedFS.
 
-Ours: ``comfyfleet.mirror.mirror_file`` streams source -> multipart upload, sha256 verified
+Ours: ``comfyfleet.mirror.driver.mirror_file`` streams source -> multipart upload, sha256 verified
 before completion, in a child process whose peak RSS is measured.
 Baseline (two steps, same run, same servers): a plain streaming GET to a file on disk, then
 ``s5cmd cp`` of that file into the bucket (no verification at all).
@@ -118,10 +118,10 @@ def start_source(path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], st
 def child_mirror(spec_json: str) -> None:
     """Mirror once with comfyfleet's engine; print timing, hash and peak RSS as JSON."""
     from comfyfleet.catalog import ModelFile, URLSource
-    from comfyfleet.mirror import mirror_file
+    from comfyfleet.mirror.driver import mirror_file
+    from comfyfleet.mirror.upload import TransferSettings
     from comfyfleet.sources import Tokens
     from comfyfleet.store.s3 import S3Store
-    from comfyfleet.upload import TransferSettings
 
     spec = json.loads(spec_json)
     store = S3Store(
@@ -235,7 +235,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from comfyfleet.errors import format_bytes
-    from comfyfleet.upload import TransferSettings
+    from comfyfleet.mirror.upload import TransferSettings
     from tests.support.seaweed import new_bucket, run_seaweedfs
 
     size = args.size_mb * MiB

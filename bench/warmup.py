@@ -55,9 +55,9 @@ os.environ.update(
     }
 )
 
-from comfyfleet.manifest import Manifest, ManifestEntry, write_manifest  # noqa: E402
+from comfyfleet.pull.transfer import MiB, PullSettings, plan_pull, pull  # noqa: E402
+from comfyfleet.store.manifest import Manifest, ManifestEntry, write_manifest  # noqa: E402
 from comfyfleet.store.s3 import S3Store  # noqa: E402
-from comfyfleet.transfer import MiB, PullSettings, plan_pull, pull  # noqa: E402
 
 # Shares of the total size per file: one big checkpoint, a few mid-size, some small ones.
 SHARES = (0.42, 0.21, 0.14, 0.09, 0.06, 0.04, 0.025, 0.015)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             store = make_store(ep, f"bench-{uuid.uuid4().hex[:6]}", args.workers)
             t_up = timed(lambda: upload(ep, store, files))
             shutil.rmtree(workdir / "src")
-            from comfyfleet.manifest import read_manifest
+            from comfyfleet.store.manifest import read_manifest
 
             entries = read_manifest(store).entries
             comfy = workdir / "target" / "ComfyUI"

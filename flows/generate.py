@@ -1,6 +1,6 @@
 """Prefect flow ``generate-batch``: a jobs table on one ComfyUI, outputs into the store.
 
-Thin on purpose: one task runs :func:`comfyfleet.generate.generate_from_file`, which keeps
+Thin on purpose: one task runs :func:`comfyfleet.generate.batch.generate_from_file`, which keeps
 ComfyUI's queue full with its own threads (a Prefect task per job would add engine overhead
 between prompts and make ComfyUI idle). Jobs reach the UI as a throttled progress artifact
 while the batch runs, then as a table artifact (one row per job) and a markdown summary.
@@ -25,14 +25,14 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from comfyfleet.errors import ConfigError
-from comfyfleet.fal import FalSettings
-from comfyfleet.generate import (
+from comfyfleet.generate.batch import (
     BatchEvent,
     BatchReport,
     VideoSettings,
     default_batch_id,
     generate_from_file,
 )
+from comfyfleet.generate.fal import FalSettings
 from flows._common import (
     ProgressThrottle,
     artifact_key,

@@ -1,6 +1,6 @@
 """Prefect flows ``mirror-models`` and ``mirror-refresh``: thin wrappers over the library.
 
-``mirror-models`` runs one task per file (:func:`comfyfleet.mirror.mirror_file`) on a
+``mirror-models`` runs one task per file (:func:`comfyfleet.mirror.driver.mirror_file`) on a
 bounded ``ThreadPoolTaskRunner``; parts, chunks and hashing stay inside the library. A
 task retries only transient errors (connection drops, 5xx, 429, store hiccups) with
 exponential backoff and jitter; a retry resumes what the store already holds. Bytes reach
@@ -38,15 +38,15 @@ from prefect.tasks import exponential_backoff
 
 from comfyfleet.catalog import ModelFile, load_catalog
 from comfyfleet.errors import ComfyfleetError, ConfigError, format_bytes
-from comfyfleet.manifest import ManifestEntry, read_manifest, update_manifest
-from comfyfleet.mirror import (
+from comfyfleet.mirror.driver import (
     MirrorResult,
     failed_result,
     manifest_entries,
     mirror_file,
 )
-from comfyfleet.refresh import UpstreamChange, check_upstream
-from comfyfleet.upload import ProgressSubscriber, TransferSettings
+from comfyfleet.mirror.refresh import UpstreamChange, check_upstream
+from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
+from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
 from flows._common import ProgressThrottle, load_tokens, open_flow_store, transient_only
 
 RESULTS_KEY = "mirror-results"
@@ -289,7 +289,7 @@ def mirror_models_flow(
     models = select_models(catalog_paths, profile, ids)
     flow_store = open_flow_store(store, store_block)  # fail fast on a bad store
     store_uri = flow_store.uri
-    # Read once for every file's skip check, as comfyfleet.mirror.mirror_models does.
+    # Read once for every file's skip check, as comfyfleet.mirror.driver.mirror_models does.
     manifest = read_manifest(flow_store).by_key()
     logger.info("mirroring %d file(s) into %s", len(models), store_uri)
     progress = RunProgress(models)

@@ -1,6 +1,6 @@
 """Prefect flow ``warmup``: the cold start of one GPU instance, phase by phase.
 
-Thin on purpose: the work is :class:`comfyfleet.warmup.WarmupSession`; each phase runs as
+Thin on purpose: the work is :class:`comfyfleet.warmup.driver.WarmupSession`; each phase runs as
 one task (``preflight``, ``pull``, ``place``, ``comfy-boot``, ``first-prompt``) so the run
 graph shows where the minutes went. The pull is one task (the engine parallelises ranges
 across files itself; a task per file would only add engine overhead) and reports bytes
@@ -44,8 +44,8 @@ from prefect.cache_policies import NO_CACHE
 from comfyfleet.catalog import AUTO_PROFILE, load_catalog
 from comfyfleet.errors import ComfyfleetError, ConfigError
 from comfyfleet.files import write_atomic
-from comfyfleet.reports import markdown_summary, phase_rows, publish, verdict_line
-from comfyfleet.warmup import WarmupResult, WarmupSession
+from comfyfleet.warmup.driver import WarmupResult, WarmupSession
+from comfyfleet.warmup.reports import markdown_summary, phase_rows, publish, verdict_line
 from flows._common import ProgressThrottle, artifact_key, open_flow_store, transient_only
 
 # What the deployment's trigger passes from the on-start script's event

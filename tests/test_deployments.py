@@ -39,7 +39,7 @@ def test_refresh_is_scheduled_daily_and_warmup_is_triggered() -> None:
     assert (dom, month, dow) == ("*", "*", "*") and hour.isdigit() and minute.isdigit()
     (trigger,) = specs["warmup"]["triggers"]
     assert trigger["expect"] == ["comfyfleet.instance.started"]
-    from comfyfleet.render import EVENT_STARTED
+    from comfyfleet.render.assets import EVENT_STARTED
 
     assert EVENT_STARTED in trigger["expect"]
 

@@ -29,9 +29,9 @@ import yaml
 
 from comfyfleet import __version__
 from comfyfleet.cli import main
-from comfyfleet.generate import read_results
-from comfyfleet.manifest import read_manifest
+from comfyfleet.generate.batch import read_results
 from comfyfleet.store import open_store
+from comfyfleet.store.manifest import read_manifest
 from tests.doubles.comfyui import png_bytes
 from tests.doubles.hf_hub import FakeHub
 from tests.support.comfyui_launcher import DiskComfyUI

@@ -24,8 +24,8 @@ from comfyfleet.cli.common import (
 )
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ConfigError
-from comfyfleet.fal import FAL_KEY_ENV, FalSettings
-from comfyfleet.generate import BatchEvent, BatchReport, VideoSettings, generate_from_file
+from comfyfleet.generate.batch import BatchEvent, BatchReport, VideoSettings, generate_from_file
+from comfyfleet.generate.fal import FAL_KEY_ENV, FalSettings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

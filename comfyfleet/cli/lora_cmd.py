@@ -28,8 +28,8 @@ from comfyfleet.cli.common import add_json_option, add_store_options, print_json
 from comfyfleet.cli.mirror_cmd import report, run_mirror
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import CatalogError
-from comfyfleet.loras import lora_entry
-from comfyfleet.mirror import MirrorRun
+from comfyfleet.generate.loras import lora_entry
+from comfyfleet.mirror.driver import MirrorRun
 from comfyfleet.sources import Tokens
 
 DEFAULT_CATALOG = "loras.yaml"

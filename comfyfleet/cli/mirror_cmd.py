@@ -31,10 +31,10 @@ from comfyfleet.cli.common import (
 )
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ConfigError, format_bytes
-from comfyfleet.mirror import MirrorResult, MirrorRun, mirror_models, summarize
+from comfyfleet.mirror.driver import MirrorResult, MirrorRun, mirror_models, summarize
+from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.upload import ProgressSubscriber, TransferSettings
 
 DEFAULT_PROFILE = "minimal"
 

@@ -11,7 +11,7 @@ from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
 from comfyfleet.cli.common import add_catalog_option
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
-from comfyfleet.render import (
+from comfyfleet.render.assets import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
     DEFAULT_COMFY_URL,

@@ -37,10 +37,10 @@ from comfyfleet.cli.common import (
 )
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ComfyfleetError, format_bytes
-from comfyfleet.reports import phase_rows, publish, verdict_line
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.timing import MODES
-from comfyfleet.warmup import VERIFY_MODES, WarmupResult, bake, warm_up
+from comfyfleet.warmup.driver import VERIFY_MODES, WarmupResult, bake, warm_up
+from comfyfleet.warmup.reports import phase_rows, publish, verdict_line
+from comfyfleet.warmup.timing import MODES
 
 EXIT_TARGET_MISSED = 3
 

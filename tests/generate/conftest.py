@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.fal import FalSettings
-from comfyfleet.jobs import Job, parse_jobs
+from comfyfleet.generate.fal import FalSettings
+from comfyfleet.generate.jobs import Job, parse_jobs
 from tests.doubles.comfyui import FakeComfyUI, png_bytes
 from tests.doubles.fal import TEST_KEY, FalDouble
 

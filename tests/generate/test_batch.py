@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.generate import BatchEvent, read_results, run_batch
+from comfyfleet.generate.batch import BatchEvent, read_results, run_batch
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.comfyui import FakeComfyUI, png_bytes
 from tests.generate.conftest import ImageServer, JobsFactory, make_client

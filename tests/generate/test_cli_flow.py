@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from comfyfleet.cli import main
-from comfyfleet.generate import default_batch_id, read_results
+from comfyfleet.generate.batch import default_batch_id, read_results
 from comfyfleet.store.local import LocalStore
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.fal import TEST_KEY, FalDouble

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from comfyfleet.errors import FalError, FalUnavailable
-from comfyfleet.fal import FalClient, FalFile, FalSettings, data_uri, result_files
+from comfyfleet.generate.fal import FalClient, FalFile, FalSettings, data_uri, result_files
 from tests.doubles.fal import MP4_BYTES, TEST_KEY, FalAppBehaviour, FalDouble
 
 PNG = base64.b64decode(

@@ -10,7 +10,7 @@ import pytest
 
 from comfyfleet.comfy.workflows import LoraSpec
 from comfyfleet.errors import ConfigError
-from comfyfleet.jobs import read_jobs
+from comfyfleet.generate.jobs import read_jobs
 
 BUILTINS = {"sdxl_t2i", "sdxl_i2i", "wan_i2v", "svd_i2v"}
 VIDEOS = {"wan_i2v", "svd_i2v"}

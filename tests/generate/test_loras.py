@@ -11,11 +11,11 @@ import pytest
 from comfyfleet.catalog import Catalog, HFSource, ModelFile
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.workflows import LoraSpec
-from comfyfleet.generate import run_batch
-from comfyfleet.loras import LoraResolver
-from comfyfleet.manifest import read_manifest
+from comfyfleet.generate.batch import run_batch
+from comfyfleet.generate.loras import LoraResolver
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.store.manifest import read_manifest
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.hf_hub import FakeHub
 from tests.generate.conftest import JobsFactory

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.fal import FalSettings
-from comfyfleet.generate import VideoSettings, read_results, run_batch
+from comfyfleet.generate.batch import VideoSettings, read_results, run_batch
+from comfyfleet.generate.fal import FalSettings
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.fal import MP4_BYTES, FalAppBehaviour, FalDouble

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from comfyfleet.catalog import HFSource, ModelFile
-from comfyfleet.upload import MiB, TransferSettings
+from comfyfleet.mirror.upload import MiB, TransferSettings
 
 # Small parts and short waits: the behaviour is the same, the tests are fast.
 SETTINGS = TransferSettings(part_size=5 * MiB, max_parts_in_flight=3, backoff_base=0.05)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from comfyfleet.errors import RateLimited, SourceUnavailable
+from comfyfleet.mirror.upload import ProgressSubscriber
 from comfyfleet.store.base import MultipartUpload, PartInfo
 from comfyfleet.store.local import LocalStore
-from comfyfleet.upload import ProgressSubscriber
 
 MiB = 1024 * 1024
 

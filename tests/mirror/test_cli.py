@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from comfyfleet.cli import main
-from comfyfleet.manifest import read_manifest
 from comfyfleet.store.local import LocalStore
+from comfyfleet.store.manifest import read_manifest
 from tests.doubles.hf_hub import FakeHub
 from tests.mirror.support import payload, sha
 

@@ -13,8 +13,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.states import Failed
 
 from comfyfleet.errors import GatedRepoError, SourceUnavailable
-from comfyfleet.manifest import read_manifest
 from comfyfleet.store.local import LocalStore
+from comfyfleet.store.manifest import read_manifest
 from flows._common import transient_only as _transient_only
 from flows.mirror import mirror_models_flow, mirror_refresh_flow
 from tests.doubles.hf_hub import FakeHub

@@ -10,12 +10,12 @@ import yaml
 
 from comfyfleet.catalog import CivitaiSource, ModelFile
 from comfyfleet.cli import main
-from comfyfleet.manifest import read_manifest
-from comfyfleet.mirror import mirror_file, mirror_model, mirror_models
-from comfyfleet.refresh import check_upstream
+from comfyfleet.mirror.driver import mirror_file, mirror_model, mirror_models
+from comfyfleet.mirror.refresh import check_upstream
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.local import LocalStore
+from comfyfleet.store.manifest import read_manifest
 from tests.doubles.civitai import FakeCivitai
 from tests.mirror.conftest import SETTINGS
 from tests.mirror.support import payload, sha

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from comfyfleet.errors import GatedRepoError, SourceAuthError
-from comfyfleet.manifest import read_manifest
-from comfyfleet.mirror import mirror_file, mirror_model, mirror_models
+from comfyfleet.mirror.driver import mirror_file, mirror_model, mirror_models
+from comfyfleet.mirror.upload import MiB
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.upload import MiB
+from comfyfleet.store.manifest import read_manifest
 from tests.doubles.hf_hub import FakeHub
 from tests.mirror.conftest import SETTINGS, hf_model
 from tests.mirror.support import RecordingProgress, payload, sha

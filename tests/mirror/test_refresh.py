@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from comfyfleet.mirror import mirror_models
-from comfyfleet.refresh import check_upstream
+from comfyfleet.mirror.driver import mirror_models
+from comfyfleet.mirror.refresh import check_upstream
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.hf_hub import FakeHub

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.errors import ConfigError, IntegrityError, RateLimited, SourceUnavailable
+from comfyfleet.mirror.upload import MiB, TransferSettings, plan_part_size, upload_stream
 from comfyfleet.store.base import MAX_PARTS, MIN_PART_SIZE
 from comfyfleet.store.local import LocalStore
-from comfyfleet.upload import MiB, TransferSettings, plan_part_size, upload_stream
 from tests.mirror.support import (
     FaultySource,
     RecordingLocalStore,

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from comfyfleet.errors import IntegrityError
+from comfyfleet.mirror.upload import MiB, TransferSettings, upload_stream
 from comfyfleet.store.s3 import S3Store
-from comfyfleet.upload import MiB, TransferSettings, upload_stream
 from tests.mirror.support import FaultySource, payload, sha
 
 pytestmark = pytest.mark.s3

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from comfyfleet.catalog import Catalog, load_catalog
-from comfyfleet.gpu import GPU, InstanceFacts
-from comfyfleet.manifest import Manifest, ManifestEntry, write_manifest
 from comfyfleet.store.base import SHA256_METADATA_KEY, ObjectStore
+from comfyfleet.store.manifest import Manifest, ManifestEntry, write_manifest
+from comfyfleet.warmup.gpu import GPU, InstanceFacts
 
 
 def blob(seed: str, size: int) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.errors import ConfigError, InstanceError
-from comfyfleet.gpu import (
+from comfyfleet.warmup.gpu import (
     NVIDIA_SMI_LIST,
     NVIDIA_SMI_QUERY,
     detect_gpus,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from comfyfleet.catalog import load_catalog
-from comfyfleet.gpu import NVIDIA_SMI_QUERY, instance_facts, parse_nvidia_smi
-from comfyfleet.profiles import choose_profile
+from comfyfleet.warmup.gpu import NVIDIA_SMI_QUERY, instance_facts, parse_nvidia_smi
+from comfyfleet.warmup.profiles import choose_profile
 
 RECORDED = Path(__file__).parent.parent / "data" / "nvidia-smi" / "h200-recorded.txt"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from comfyfleet.errors import ConfigError, LockHeldError
-from comfyfleet.lock import RootLock, lock_path, write_extra_model_paths
+from comfyfleet.warmup.lock import RootLock, lock_path, write_extra_model_paths
 
 
 def test_second_lock_fails_naming_the_holder(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_wait_times_out(tmp_path: Path) -> None:
 
 def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
     code = (
-        "import sys, time; from pathlib import Path; from comfyfleet.lock import RootLock;"
+        "import sys, time; from pathlib import Path; from comfyfleet.warmup.lock import RootLock;"
         f"RootLock(Path({str(tmp_path)!r})).acquire(); print('locked', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

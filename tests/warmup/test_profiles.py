@@ -8,7 +8,7 @@ import pytest
 
 from comfyfleet.catalog import load_catalog
 from comfyfleet.errors import CatalogError, ConfigError, InsufficientDiskError
-from comfyfleet.profiles import choose_profile, measure
+from comfyfleet.warmup.profiles import choose_profile, measure
 
 from .mirrored import MODELS, PROFILES, catalog, facts, profile_bytes
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.reports import (
+from comfyfleet.warmup.reports import (
     HISTORY_KEY,
     append_history,
     markdown_summary,
@@ -21,7 +21,7 @@ from comfyfleet.reports import (
     render_timeline,
     timeline_key,
 )
-from comfyfleet.timing import ColdStartRecord, PhaseClock, Targets, build_record
+from comfyfleet.warmup.timing import ColdStartRecord, PhaseClock, Targets, build_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

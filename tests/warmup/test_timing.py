@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from comfyfleet.errors import ConfigError
-from comfyfleet.timing import PHASES, PhaseClock, Targets, build_record
+from comfyfleet.warmup.timing import PHASES, PhaseClock, Targets, build_record
 
 
 class FakeTime:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.baked import check_baked, read_baked_manifest
 from comfyfleet.errors import ComfyError, ConfigError, InsufficientDiskError, LockHeldError
-from comfyfleet.lock import RootLock
-from comfyfleet.warmup import WarmupResult, bake, load_workflow, warm_up
+from comfyfleet.warmup.baked import check_baked, read_baked_manifest
+from comfyfleet.warmup.driver import WarmupResult, bake, load_workflow, warm_up
+from comfyfleet.warmup.lock import RootLock
 from tests.comfy.graphs import txt2img
 from tests.support.comfyui_launcher import DiskComfyUI
 

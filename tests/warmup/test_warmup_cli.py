@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from comfyfleet.cli import main
-from comfyfleet.lock import RootLock
-from comfyfleet.reports import read_history
+from comfyfleet.warmup.lock import RootLock
+from comfyfleet.warmup.reports import read_history
 from tests.support.comfyui_launcher import DiskComfyUI
 
 from .mirrored import content, mirrored_root, profile_bytes

@@ -30,7 +30,7 @@ from comfyfleet.errors import (
 )
 from comfyfleet.files import write_atomic
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.timing import ColdStartRecord, Phase
+from comfyfleet.warmup.timing import ColdStartRecord, Phase
 
 HISTORY_KEY = "reports/coldstart.parquet"
 LEASE_STALE_S = 120.0

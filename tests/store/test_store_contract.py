@@ -20,7 +20,9 @@ from comfyfleet.errors import (
     StoreError,
     UploadNotFound,
 )
-from comfyfleet.manifest import (
+from comfyfleet.store import LocalStore, ObjectStore, S3Store
+from comfyfleet.store.base import MIN_PART_SIZE, SHA256_METADATA_KEY, MultipartUpload
+from comfyfleet.store.manifest import (
     MANIFEST_KEY,
     Manifest,
     ManifestEntry,
@@ -28,8 +30,6 @@ from comfyfleet.manifest import (
     update_manifest,
     write_manifest,
 )
-from comfyfleet.store import LocalStore, ObjectStore, S3Store
-from comfyfleet.store.base import MIN_PART_SIZE, SHA256_METADATA_KEY, MultipartUpload
 from tests.support.seaweed import SeaweedServer
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes, every offset distinguishable

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from comfyfleet.errors import ObjectNotFound, StoreAuthError, StoreError, StoreUnavailable
-from comfyfleet.httprange import PresignedRangeReader
-from comfyfleet.manifest import ManifestEntry
+from comfyfleet.pull.httprange import PresignedRangeReader
+from comfyfleet.pull.transfer import PullSettings, plan_pull, pull
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.transfer import PullSettings, plan_pull, pull
+from comfyfleet.store.manifest import ManifestEntry
 from tests.doubles.faults import Faults, Recorded, Request, Server, serve_bytes
 
 RS = 64 * 1024

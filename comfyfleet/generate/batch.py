@@ -1,9 +1,9 @@
 """Batch generation: drive one ComfyUI through a jobs table, keeping its queue full.
 
-``run_batch`` takes validated jobs (:mod:`comfyfleet.jobs`) and, per job:
+``run_batch`` takes validated jobs (:mod:`comfyfleet.generate.jobs`) and, per job:
 
-1. **prepares** it: LoRAs resolved (pulled on demand, :mod:`comfyfleet.loras`), input images
-   uploaded (image columns -> ``/upload/image`` -> the returned name), the workflow built and
+1. **prepares** it: LoRAs resolved (pulled on demand, :mod:`comfyfleet.generate.loras`), input
+   images uploaded (image columns -> ``/upload/image`` -> the returned name), the workflow built and
    checked against ``/object_info`` (once per distinct workflow shape);
 2. **submits** it while ``queue_depth`` prompts are in flight, so the next prompt is already
    queued in ComfyUI when one finishes: ComfyUI never waits for us. Waits run concurrently on
@@ -65,9 +65,9 @@ from comfyfleet.errors import (
     StoreError,
     is_transient,
 )
-from comfyfleet.fal import FalClient, FalSettings, data_uri, result_files
-from comfyfleet.jobs import Job
-from comfyfleet.loras import LoraResolver, ResolvedLora
+from comfyfleet.generate.fal import FalClient, FalSettings, data_uri, result_files
+from comfyfleet.generate.jobs import Job
+from comfyfleet.generate.loras import LoraResolver, ResolvedLora
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -1140,7 +1140,7 @@ def generate_from_file(
     """
     from comfyfleet.catalog import load_catalog
     from comfyfleet.comfy.client import ComfyClient
-    from comfyfleet.jobs import read_jobs
+    from comfyfleet.generate.jobs import read_jobs
 
     jobs = read_jobs(jobs_file)
     batch = check_batch_id(batch_id) if batch_id else default_batch_id(jobs_file)

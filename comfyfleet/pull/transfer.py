@@ -57,7 +57,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from comfyfleet.disk import device_of, existing_parent, free_bytes, preflight
 from comfyfleet.errors import (
     ComfyfleetError,
     ConfigError,
@@ -69,7 +68,8 @@ from comfyfleet.errors import (
     format_bytes,
 )
 from comfyfleet.files import fsync_dir, write_atomic
-from comfyfleet.httprange import PresignedRangeReader
+from comfyfleet.pull.disk import device_of, existing_parent, free_bytes, preflight
+from comfyfleet.pull.httprange import PresignedRangeReader
 from comfyfleet.store.base import ObjectStore
 
 MiB = 1024 * 1024

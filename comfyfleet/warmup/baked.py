@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from comfyfleet import __version__
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
-from comfyfleet.transfer import EntryLike, hash_file
+from comfyfleet.pull.transfer import EntryLike, hash_file
 
 BAKED_FORMAT = "comfyfleet-baked/1"
 DEFAULT_BAKED_MANIFEST = Path("/opt/comfyfleet/baked-manifest.json")

@@ -41,16 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from comfyfleet.baked import (
-    BakedCheck,
-    BakedManifest,
-    check_baked,
-    default_baked_manifest_path,
-    read_baked_manifest,
-    write_baked_manifest,
-)
 from comfyfleet.catalog import AUTO_PROFILE, Catalog
-from comfyfleet.disk import preflight as disk_preflight
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
@@ -59,14 +50,8 @@ from comfyfleet.errors import (
     IntegrityError,
     format_bytes,
 )
-from comfyfleet.gpu import InstanceFacts, Runner, instance_facts
-from comfyfleet.lock import STATE_DIR, RootLock, write_extra_model_paths
-from comfyfleet.manifest import ManifestEntry, read_manifest
-from comfyfleet.profiles import ProfileChoice, choose_profile
-from comfyfleet.reports import Published
-from comfyfleet.store.base import ObjectStore
-from comfyfleet.timing import ColdStartRecord, PhaseClock, Targets, build_record
-from comfyfleet.transfer import (
+from comfyfleet.pull.disk import preflight as disk_preflight
+from comfyfleet.pull.transfer import (
     EntryLike,
     PullItem,
     PullReport,
@@ -75,6 +60,21 @@ from comfyfleet.transfer import (
     plan_pull,
     pull,
 )
+from comfyfleet.store.base import ObjectStore
+from comfyfleet.store.manifest import ManifestEntry, read_manifest
+from comfyfleet.warmup.baked import (
+    BakedCheck,
+    BakedManifest,
+    check_baked,
+    default_baked_manifest_path,
+    read_baked_manifest,
+    write_baked_manifest,
+)
+from comfyfleet.warmup.gpu import InstanceFacts, Runner, instance_facts
+from comfyfleet.warmup.lock import STATE_DIR, RootLock, write_extra_model_paths
+from comfyfleet.warmup.profiles import ProfileChoice, choose_profile
+from comfyfleet.warmup.reports import Published
+from comfyfleet.warmup.timing import ColdStartRecord, PhaseClock, Targets, build_record
 
 DEFAULT_COMFY_URL = "http://127.0.0.1:8188"
 COMFY_LOG = "comfyui.log"

@@ -33,9 +33,9 @@ from comfyfleet.errors import ComfyError, ComfyfleetError, ConfigError, Transien
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
-    from comfyfleet.manifest import ManifestEntry
+    from comfyfleet.pull.transfer import PullSettings
     from comfyfleet.sources import Tokens
-    from comfyfleet.transfer import PullSettings
+    from comfyfleet.store.manifest import ManifestEntry
 
 LORA_FOLDER = "loras"
 
@@ -244,9 +244,9 @@ class LoraResolver:
         return ModelFile.model_validate(entry)
 
     def _ensure_mirrored(self, model: ModelFile) -> ManifestEntry:
-        from comfyfleet.manifest import update_manifest
-        from comfyfleet.mirror import mirror_file
+        from comfyfleet.mirror.driver import mirror_file
         from comfyfleet.sources import Tokens
+        from comfyfleet.store.manifest import update_manifest
 
         assert self._store is not None
         tokens = self._tokens if self._tokens is not None else Tokens.from_env()
@@ -261,7 +261,7 @@ class LoraResolver:
         return result.entry
 
     def _pull(self, entry: ManifestEntry) -> None:
-        from comfyfleet.transfer import plan_pull, pull
+        from comfyfleet.pull.transfer import plan_pull, pull
 
         assert self._store is not None and self._root is not None
         items = plan_pull([entry], self._root)

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-import comfyfleet.transfer as transfer
-from comfyfleet.disk import preflight
+import comfyfleet.pull.transfer as transfer
 from comfyfleet.errors import (
     ConfigError,
     InsufficientDiskError,
@@ -26,11 +25,8 @@ from comfyfleet.errors import (
     LockHeldError,
     StoreUnavailable,
 )
-from comfyfleet.lock import RootLock
-from comfyfleet.manifest import ManifestEntry
-from comfyfleet.store.base import ObjectStore
-from comfyfleet.store.local import LocalStore
-from comfyfleet.transfer import (
+from comfyfleet.pull.disk import preflight
+from comfyfleet.pull.transfer import (
     PullItem,
     PullReport,
     PullSettings,
@@ -40,6 +36,10 @@ from comfyfleet.transfer import (
     pull,
     read_journal,
 )
+from comfyfleet.store.base import ObjectStore
+from comfyfleet.store.local import LocalStore
+from comfyfleet.store.manifest import ManifestEntry
+from comfyfleet.warmup.lock import RootLock
 
 RS = 64 * 1024  # small ranges, so small files still span many of them
 SETTINGS = PullSettings(range_size=RS, max_workers=4, retry_backoff_s=0.01)
@@ -573,7 +573,7 @@ def test_killed_mid_file_resumes(
     }
     (tmp_path / "child.json").write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.warmup.pull_child", str(tmp_path / "child.json")],
+        [sys.executable, "-m", "tests.pull.pull_child", str(tmp_path / "child.json")],
         cwd=REPO,
         env=child_env,
         stdout=subprocess.PIPE,

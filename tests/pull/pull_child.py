@@ -1,6 +1,6 @@
 """A pull in a child process, for the kill-and-resume tests.
 
-``python -m tests.warmup.pull_child CONFIG.json``: pulls the items named in the config and
+``python -m tests.pull.pull_child CONFIG.json``: pulls the items named in the config and
 prints the running byte count after every range (so the parent knows when to SIGKILL it).
 Each range is slowed down a little so the kill lands in the middle of a file.
 """
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.pull.transfer import PullItem, PullSettings, pull
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.transfer import PullItem, PullSettings, pull
 
 
 def open_store(spec: dict[str, Any]) -> ObjectStore:

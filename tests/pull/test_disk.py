@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyfleet.disk import existing_parent, free_bytes, preflight, required_bytes
 from comfyfleet.errors import InsufficientDiskError
+from comfyfleet.pull.disk import existing_parent, free_bytes, preflight, required_bytes
 
 MiB = 1024 * 1024
 

@@ -17,7 +17,7 @@ import pytest
 
 from comfyfleet.cli import main
 from comfyfleet.errors import ConfigError
-from comfyfleet.render import (
+from comfyfleet.render.assets import (
     BAKED_MANIFEST_PATH,
     CUSTOM_NODES,
     EVENT_FINISHED,
@@ -28,8 +28,7 @@ from comfyfleet.render import (
     render_dockerfile,
     render_onstart,
 )
-
-from .mirrored import mirror, write_catalog
+from tests.warmup.mirrored import mirror, write_catalog
 
 BASH = shutil.which("bash") or "/bin/bash"
 SH = shutil.which("dash") or shutil.which("sh") or "/bin/sh"
@@ -276,7 +275,7 @@ def test_dockerfile_stages_pins_and_secrets(tmp_path: Path) -> None:
 def test_dockerfile_refuses_auto_and_unpinned_nodes() -> None:
     with pytest.raises(ConfigError, match="concrete profile"):
         render_dockerfile(DockerfileSettings(profile="auto"))
-    from comfyfleet.render import CustomNode
+    from comfyfleet.render.assets import CustomNode
 
     loose = (CustomNode("X", "https://github.com/x/x", "main", "x"),)
     with pytest.raises(ConfigError, match="40-hex"):

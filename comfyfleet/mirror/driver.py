@@ -9,7 +9,7 @@
 2. **Resolve** the source (falling back to the entry's ``alternates``) to a download plan.
    The catalog's sha256 wins: if the source reports another one, the upstream file changed
    and the mirror refuses before downloading (``IntegrityError``, "upstream changed").
-3. **Stream** the bytes into the store with :func:`comfyfleet.upload.upload_stream`:
+3. **Stream** the bytes into the store with :func:`comfyfleet.mirror.upload.upload_stream`:
    bounded memory, sha256 checked before the upload completes, Range resume inside a run,
    multipart resume across runs.
 
@@ -47,10 +47,10 @@ from comfyfleet.errors import (
     UpstreamChanged,
     format_bytes,
 )
-from comfyfleet.manifest import ManifestEntry, read_manifest, update_manifest
+from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings, upload_stream
 from comfyfleet.sources import DownloadPlan, Tokens, open_stream, resolve
 from comfyfleet.store.base import ObjectInfo, ObjectStore
-from comfyfleet.upload import ProgressSubscriber, TransferSettings, upload_stream
+from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
 
 if TYPE_CHECKING:
     import httpx

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from comfyfleet.catalog import CivitaiSource, HFSource, ModelFile
 from comfyfleet.errors import ComfyfleetError
-from comfyfleet.manifest import ManifestEntry, read_manifest
 from comfyfleet.sources import Tokens, Upstream, describe_upstream
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.store.manifest import ManifestEntry, read_manifest
 
 if TYPE_CHECKING:
     import httpx

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comfyfleet.disk import free_bytes
 from comfyfleet.errors import ConfigError, InstanceError
+from comfyfleet.pull.disk import free_bytes
 
 QUERY_FIELDS = (
     "index",
