@@ -234,8 +234,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="where to put the file and SeaweedFS (default: temp)")
     args = parser.parse_args()
 
-    from comfyfleet.errors import format_bytes
     from comfyfleet.mirror.upload import TransferSettings
+    from comfyfleet.units import format_bytes
     from tests.support.seaweed import new_bucket, run_seaweedfs
 
     size = args.size_mb * MiB

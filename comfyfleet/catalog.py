@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from comfyfleet.comfy.folders import KNOWN_FOLDERS, http_folder
 from comfyfleet.errors import CatalogError
 
 SCHEMA_VERSION = 1
@@ -55,36 +56,6 @@ HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*
 # Stands for the catalog shipped with comfyfleet in a list of catalog paths.
 BUILTIN_CATALOG = "builtin"
 
-# ComfyUI's standard model folders (folder_paths.py) plus those the video custom nodes add.
-KNOWN_FOLDERS = frozenset(
-    {
-        "checkpoints",
-        "vae",
-        "loras",
-        "diffusion_models",
-        "unet",
-        "text_encoders",
-        "clip",
-        "clip_vision",
-        "controlnet",
-        "upscale_models",
-        "embeddings",
-        "vae_approx",
-        "style_models",
-        "hypernetworks",
-        "photomaker",
-        "gligen",
-        "diffusers",
-        "model_patches",
-        "audio_encoders",
-        "animatediff_models",
-        "animatediff_motion_lora",
-        "CogVideo",
-        "LLM",
-    }
-)
-# ComfyUI scans both folders of a pair under one name, so a file in each collides there.
-FOLDER_ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 BUILTIN_PROFILES = ("minimal", "image", "video-24gb", "full")
 AUTO_PROFILE = "auto"
@@ -759,7 +730,7 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
                 f"{where}: field 'sha256': unknown; the mirror takes it from the source"
             )
         # ComfyUI lists unet/ with diffusion_models/ and clip/ with text_encoders/.
-        shown = f"{FOLDER_ALIASES.get(model.folder, model.folder)}/{model.file}".lower()
+        shown = f"{http_folder(model.folder)}/{model.file}".lower()
         other = by_name.get(shown)
         if other is not None and other.folder != model.folder:
             warnings.append(

@@ -10,12 +10,25 @@ Each error carries a one-line ``message`` that names the thing and the fact, and
 Errors that a retry can cure also derive from :class:`TransientError`; flows retry those
 and nothing else (see ``is_transient``).
 
+The retry rule: one layer owns each kind of retry, so attempts never multiply.
+
+- The library retries *cheap local units* only: one byte range of a pull, one reopen of a
+  source stream after a dropped connection (resuming where the bytes stopped), one S3 call
+  (botocore's own retries). These are seconds of work and lose nothing.
+- A *whole unit* (a file mirrored, a file pulled, a warm-up phase, a batch job) is retried by
+  exactly one owner: the CLI's library driver when run from the command line, or the Prefect
+  task when run as a flow. A flow therefore passes ``file_attempts=1``
+  (:data:`FLOW_FILE_ATTEMPTS`) and lets its task's ``retries`` + ``transient_only`` decide.
+- Nothing retries a non-transient error: 401/403/404, a sha256 mismatch that repeats, bad
+  input. They fail at once with their hint.
+
 ::
 
     ComfyfleetError
     ├── ConfigError                  bad input from the user: arguments, files, settings
     │   ├── CatalogError             a catalog file/entry/field is wrong (file, entry, field)
-    │   └── StoreConfigError         unknown store URI scheme, missing bucket name, bad block
+    │   ├── StoreConfigError         unknown store URI scheme, missing bucket name, bad block
+    │   └── BlockNotFound            no saved Prefect block of that type and name
     ├── StoreError                   the object store refused or failed (names the store)
     │   ├── StoreUnavailable         endpoint unreachable, 5xx, throttled    (+ TransientError)
     │   ├── StoreAuthError           wrong or missing credentials
@@ -51,6 +64,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from comfyfleet.units import format_bytes
+
 
 class ComfyfleetError(Exception):
     """Base of every comfyfleet error: a message (the fact) and a hint (the fix)."""
@@ -74,11 +89,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientError)
 
 
+# A flow's task owns whole-unit retries (see the retry rule above): the library starts the
+# unit once per task attempt.
+FLOW_FILE_ATTEMPTS = 1
+
+
 # ---------------------------------------------------------------- configuration
 
 
 class ConfigError(ComfyfleetError):
     """The user's input is wrong; nothing was done."""
+
+
+class BlockNotFound(ConfigError):
+    """No saved Prefect block of the type and name asked for (the hint says how to save it)."""
 
 
 class CatalogError(ConfigError):
@@ -335,17 +359,3 @@ class FalError(ComfyfleetError):
 
 class FalUnavailable(FalError, TransientError):
     """fal.ai is unreachable or answered 5xx/429."""
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def format_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'; used in every message that states a size."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    value = float(n)
-    for unit in units:
-        if abs(value) < 1024 or unit == units[-1]:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

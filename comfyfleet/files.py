@@ -11,9 +11,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
+
+# Where comfyfleet keeps its own state beside user files (a store root, a ComfyUI root).
+STATE_DIR = ".comfyfleet"
+
+# A sha256 as comfyfleet stores it: 64 lowercase hex digits.
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256(value: str) -> bool:
+    """True for 64 lowercase hex digits (callers lowercase what a source sends first)."""
+    return bool(SHA256_RE.match(value))
 
 
 def write_atomic(path: str | Path, data: bytes | str, *, mode: int | None = None) -> Path:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, cast
+from typing import Any
 
-from comfyfleet.errors import ConfigError, is_transient
+from comfyfleet.errors import is_transient
 from comfyfleet.sources import Tokens
 from comfyfleet.store import ObjectStore, open_store
 
@@ -41,16 +41,9 @@ def load_tokens(tokens_block: str | None) -> Tokens:
     """Source tokens from a ``comfyfleet-source-tokens`` block, else from the environment."""
     if not tokens_block:
         return Tokens.from_env()
-    from blocks import SourceTokens
+    from blocks import SourceTokens, load
 
-    try:
-        block = cast(SourceTokens, SourceTokens.load(tokens_block, _sync=True))  # type: ignore[call-arg]
-    except ValueError as exc:
-        raise ConfigError(
-            f"no comfyfleet-source-tokens block named {tokens_block!r}",
-            hint="save one with SourceTokens(hf_token=..., civitai_token=...).save(NAME), "
-            "or leave tokens_block empty to use HF_TOKEN / CIVITAI_TOKEN",
-        ) from exc
+    block = load(SourceTokens, tokens_block)
     return block.tokens()
 
 

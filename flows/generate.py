@@ -13,7 +13,7 @@ is left.
 from __future__ import annotations
 
 import threading
-from typing import Any, cast
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -48,10 +48,9 @@ def _artifact_key(prefix: str, batch_id: str) -> str:
 
 def _comfy_url(comfy_url: str | None, comfy_block: str | None) -> str:
     if comfy_block:
-        from blocks import ComfyUIEndpoint
+        from blocks import ComfyUIEndpoint, load
 
-        endpoint = cast(ComfyUIEndpoint, ComfyUIEndpoint.load(comfy_block, _sync=True))  # type: ignore[call-arg]
-        return str(endpoint.url)
+        return str(load(ComfyUIEndpoint, comfy_block).url)
     if not comfy_url:
         raise ConfigError(
             "generate-batch needs comfy_url or comfy_block",
@@ -63,10 +62,9 @@ def _comfy_url(comfy_url: str | None, comfy_block: str | None) -> str:
 def _fal_key(fal_block: str | None) -> str | None:
     if not fal_block:
         return None  # FalSettings falls back to $FAL_KEY
-    from blocks import FalCredentials
+    from blocks import FalCredentials, load
 
-    creds = cast(FalCredentials, FalCredentials.load(fal_block, _sync=True))  # type: ignore[call-arg]
-    return str(creds.key.get_secret_value())
+    return str(load(FalCredentials, fal_block).key.get_secret_value())
 
 
 class _Progress:

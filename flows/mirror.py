@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from comfyfleet.catalog import ModelFile, load_catalog
-from comfyfleet.errors import ComfyfleetError, ConfigError, format_bytes
+from comfyfleet.errors import ComfyfleetError, ConfigError
 from comfyfleet.mirror.driver import (
     MirrorResult,
     failed_result,
@@ -47,6 +47,7 @@ from comfyfleet.mirror.driver import (
 from comfyfleet.mirror.refresh import UpstreamChange, check_upstream
 from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
 from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
+from comfyfleet.units import format_bytes
 from flows._common import ProgressThrottle, load_tokens, open_flow_store, transient_only
 
 RESULTS_KEY = "mirror-results"

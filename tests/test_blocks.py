@@ -7,6 +7,7 @@ import argparse
 import inspect
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -20,7 +21,7 @@ from blocks import (
 )
 from comfyfleet.cli import main
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import StoreConfigError
+from comfyfleet.errors import BlockNotFound
 from comfyfleet.store import LocalStore, S3Store, check_store
 from tests.support.seaweed import SeaweedServer
 
@@ -149,9 +150,30 @@ def test_saved_block_is_loaded_by_name(
     assert main(["store", "check", "--store-block", name]) == 0
     assert f"s3://{s3_bucket}/models-mirror" in capsys.readouterr().out
 
-    with pytest.raises(StoreConfigError, match="no comfyfleet-store block named 'missing-one'"):
+    with pytest.raises(BlockNotFound, match="no comfyfleet-store block named 'missing-one'"):
         resolve_store(argparse.Namespace(store=None, store_block="missing-one"))
     assert main(["store", "ls", "--store-block", "missing-one"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: ") and "missing-one" in err[0]
     assert err[1].startswith("hint: ") and "prefect block ls" in err[1]
+
+
+@pytest.mark.flow
+@pytest.mark.parametrize(
+    ("block_type", "slug"),
+    [
+        (ComfyfleetStore, "comfyfleet-store"),
+        (SourceTokens, "comfyfleet-source-tokens"),
+        (ComfyUIEndpoint, "comfyfleet-comfyui"),
+        (FalCredentials, "comfyfleet-fal-credentials"),
+    ],
+)
+def test_load_names_the_missing_block_its_type_and_how_to_save_it(
+    prefect_harness: None, block_type: type[Any], slug: str
+) -> None:
+    with pytest.raises(BlockNotFound) as caught:
+        blocks.load(block_type, f"{slug}/nope-{uuid.uuid4().hex[:6]}")
+    error = caught.value
+    assert error.message.startswith(f"no {slug} block named 'nope-")
+    assert f"{block_type.__name__}(...).save(" in (error.hint or "")
+    assert "prefect block register -m blocks" in (error.hint or "")

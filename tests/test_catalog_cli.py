@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.catalog import KNOWN_FOLDERS, builtin_catalog_path, load_catalog
+from comfyfleet.catalog import builtin_catalog_path, load_catalog
 from comfyfleet.cli import main
+from comfyfleet.comfy.folders import KNOWN_FOLDERS
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = str(REPO / "catalog" / "loras.example.yaml")

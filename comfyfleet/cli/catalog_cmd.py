@@ -21,7 +21,7 @@ from comfyfleet.catalog import (
     validate_catalog,
 )
 from comfyfleet.cli.common import add_catalog_option, add_json_option, print_json
-from comfyfleet.errors import format_bytes
+from comfyfleet.units import format_bytes
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

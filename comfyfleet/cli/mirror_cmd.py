@@ -30,11 +30,12 @@ from comfyfleet.cli.common import (
     print_json,
 )
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import ConfigError, format_bytes
+from comfyfleet.errors import ConfigError
 from comfyfleet.mirror.driver import MirrorResult, MirrorRun, mirror_models, summarize
 from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.units import format_bytes
 
 DEFAULT_PROFILE = "minimal"
 

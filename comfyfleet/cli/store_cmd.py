@@ -6,8 +6,8 @@ import argparse
 
 from comfyfleet.cli.common import add_json_option, add_store_options, print_json
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import format_bytes
 from comfyfleet.store import check_store
+from comfyfleet.units import format_bytes
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

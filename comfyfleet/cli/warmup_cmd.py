@@ -9,7 +9,6 @@ nothing else on stdout; the progress bar and messages go to stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from pathlib import Path
@@ -36,8 +35,10 @@ from comfyfleet.cli.common import (
     print_json,
 )
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import ComfyfleetError, format_bytes
+from comfyfleet.config import env
+from comfyfleet.errors import ComfyfleetError
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.units import format_bytes
 from comfyfleet.warmup.driver import VERIFY_MODES, WarmupResult, bake, warm_up
 from comfyfleet.warmup.reports import phase_rows, publish, verdict_line
 from comfyfleet.warmup.timing import MODES
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--mode",
         choices=MODES,
-        default=os.environ.get("COMFYFLEET_MODE") or "script",
+        default=env("COMFYFLEET_MODE") or "script",
         help="script (target 300 s) or baked (image built by `render dockerfile`, "
         "target 120 s); default $COMFYFLEET_MODE or script",
     )
@@ -229,7 +230,7 @@ class RichProgress:
 
 
 def _store_given(args: argparse.Namespace) -> bool:
-    return bool(args.store or args.store_block or os.environ.get("COMFYFLEET_STORE", "").strip())
+    return bool(args.store or args.store_block or env("COMFYFLEET_STORE"))
 
 
 def _catalog_for(args: argparse.Namespace, *, required: bool) -> Catalog | None:

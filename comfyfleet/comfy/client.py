@@ -43,54 +43,13 @@ from comfyfleet.errors import (
     NodeError,
 )
 
+from .folders import FOLDER_LOADERS, MODEL_INPUT_FOLDERS, http_folder, looks_like_model
 from .images import DEFAULT_MAX_IMAGE_BYTES, content_name, display_source, load_image_source
 from .template import image_columns
 from .ws import CONNECTION_EVENT, EventListener, ProgressEvent
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
-# HTTP /models/<folder> knows only the current folder keys; these legacy names answer 404.
-LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
-
-# Where a model folder shows up in /object_info when /models/<folder> does not list it
-# (custom-node folders on older servers): (node class, input name).
-FOLDER_LOADERS: dict[str, tuple[str, str]] = {
-    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
-    "loras": ("LoraLoader", "lora_name"),
-    "vae": ("VAELoader", "vae_name"),
-    "diffusion_models": ("UNETLoader", "unet_name"),
-    "text_encoders": ("CLIPLoader", "clip_name"),
-    "clip_vision": ("CLIPVisionLoader", "clip_name"),
-    "animatediff_models": ("ADE_AnimateDiffLoaderGen1", "model_name"),
-    "upscale_models": ("UpscaleModelLoader", "model_name"),
-    "controlnet": ("ControlNetLoader", "control_net_name"),
-}
-
-# (class, input) -> model folder, for hints when a chosen file is not listed.
-MODEL_INPUT_FOLDERS: dict[tuple[str, str], str] = {
-    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
-    ("LoraLoader", "lora_name"): "loras",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("VAELoader", "vae_name"): "vae",
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("DualCLIPLoader", "clip_name1"): "text_encoders",
-    ("DualCLIPLoader", "clip_name2"): "text_encoders",
-    ("CLIPVisionLoader", "clip_name"): "clip_vision",
-    ("ADE_AnimateDiffLoaderGen1", "model_name"): "animatediff_models",
-}
-_MODEL_EXTENSIONS = (
-    ".safetensors",
-    ".ckpt",
-    ".pt",
-    ".pt2",
-    ".bin",
-    ".pth",
-    ".pkl",
-    ".sft",
-    ".gguf",
-)
 
 # WebSocket message types that reach the caller's progress callback.
 _PROGRESS_TYPES = frozenset(
@@ -479,7 +438,7 @@ class ComfyClient:
         Legacy names (``unet``, ``clip``) are mapped; folders the HTTP route does not know are
         read from the loader node's choices in ``/object_info``.
         """
-        key = LEGACY_FOLDERS.get(folder, folder)
+        key = http_folder(folder)
         response = self._request("GET", f"/models/{quote(key)}")
         if response.status_code == 200:
             try:
@@ -1094,7 +1053,7 @@ def _check_node(
         if str(value) in options:
             continue
         folder = MODEL_INPUT_FOLDERS.get((class_type, name))
-        if folder or str(value).lower().endswith(_MODEL_EXTENSIONS):
+        if folder or looks_like_model(str(value)):
             where = f"models/{folder}" if folder else "its model folders"
             problems.append(
                 NodeError(

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from comfyfleet.errors import InputImageError, SourceUnavailable, format_bytes
+from comfyfleet.errors import InputImageError, SourceUnavailable
+from comfyfleet.units import format_bytes
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
 _CHUNK = 64 * 1024

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from comfyfleet.comfy.folders import IMAGE_EXTENSIONS, looks_like_model
 from comfyfleet.comfy.workflows import (
     BUILTIN_WORKFLOWS,
     LoraSpec,
@@ -80,8 +81,6 @@ EventKind = Literal["start", "submitted", "retry", "finished"]
 RESULTS_FILE = "results.parquet"
 SUMMARY_FILE = "summary.md"
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".sft", ".gguf")
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 # VRAM a local video stage needs when the catalog does not say (GiB, fp8/fp16 weights).
 DEFAULT_VIDEO_VRAM_GB: Mapping[str, float] = {"wan_i2v": 24.0, "svd_i2v": 12.0}
@@ -465,9 +464,7 @@ def _shape_key(workflow: Mapping[str, Any]) -> str:
         inputs = node.get("inputs") if isinstance(node.get("inputs"), Mapping) else {}
         kept: dict[str, Any] = {}
         for name, value in (inputs or {}).items():
-            if isinstance(value, list) or (
-                isinstance(value, str) and value.lower().endswith(_MODEL_EXTENSIONS)
-            ):
+            if isinstance(value, list) or (isinstance(value, str) and looks_like_model(value)):
                 kept[str(name)] = value
             else:
                 kept[str(name)] = type(value).__name__
@@ -819,7 +816,7 @@ class _Engine:
             (
                 n
                 for n, o in enumerate(chosen)
-                if not o.is_video and o.filename.lower().endswith(_IMAGE_EXTENSIONS)
+                if not o.is_video and o.filename.lower().endswith(IMAGE_EXTENSIONS)
             ),
             None,
         )

@@ -23,7 +23,6 @@ result links to) and never appears in errors, logs or reprs.
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +31,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from comfyfleet.errors import FalError, FalUnavailable, format_bytes
+from comfyfleet.config import env
+from comfyfleet.errors import FalError, FalUnavailable
 from comfyfleet.sources.http import parse_retry_after
+from comfyfleet.units import format_bytes
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 FAL_KEY_ENV = "FAL_KEY"
@@ -70,10 +71,10 @@ class FalSettings:
     max_download_bytes: int = 512 * 1024 * 1024
 
     def resolved_key(self) -> str | None:
-        return self.key or os.environ.get(FAL_KEY_ENV) or None
+        return self.key or env(FAL_KEY_ENV) or None
 
     def resolved_base(self) -> str:
-        return (self.base_url or os.environ.get(FAL_QUEUE_URL_ENV) or DEFAULT_QUEUE_URL).rstrip("/")
+        return (self.base_url or env(FAL_QUEUE_URL_ENV) or DEFAULT_QUEUE_URL).rstrip("/")
 
 
 @dataclass(frozen=True)

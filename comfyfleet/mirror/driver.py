@@ -45,12 +45,12 @@ from comfyfleet.errors import (
     SourceNotFound,
     TransientError,
     UpstreamChanged,
-    format_bytes,
 )
 from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings, upload_stream
 from comfyfleet.sources import DownloadPlan, Tokens, open_stream, resolve
 from comfyfleet.store.base import ObjectInfo, ObjectStore
 from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
+from comfyfleet.units import format_bytes
 
 if TYPE_CHECKING:
     import httpx

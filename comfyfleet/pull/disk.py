@@ -7,7 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from comfyfleet.errors import InsufficientDiskError, format_bytes
+from comfyfleet.errors import InsufficientDiskError
+from comfyfleet.units import format_bytes
 
 # Keep some space for ComfyUI's outputs, logs and temp files on top of the models.
 DEFAULT_MARGIN_BYTES = 2 * 1024**3

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
 import ssl
 import threading
@@ -26,6 +25,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from comfyfleet.config import env
 from comfyfleet.errors import (
     ComfyfleetError,
     ObjectNotFound,
@@ -42,7 +42,7 @@ _URL_TTL_S = 900
 
 
 def _ssl_context() -> ssl.SSLContext:
-    bundle = os.environ.get("AWS_CA_BUNDLE")
+    bundle = env("AWS_CA_BUNDLE")
     if not bundle:
         with contextlib.suppress(ImportError):
             import certifi  # what botocore uses when present

@@ -46,7 +46,6 @@ import hashlib
 import json
 import mmap
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -65,12 +64,12 @@ from comfyfleet.errors import (
     LockHeldError,
     StoreAuthError,
     TransientError,
-    format_bytes,
 )
-from comfyfleet.files import fsync_dir, write_atomic
+from comfyfleet.files import STATE_DIR, fsync_dir, is_sha256, write_atomic
 from comfyfleet.pull.disk import device_of, existing_parent, free_bytes, preflight
 from comfyfleet.pull.httprange import PresignedRangeReader
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.units import format_bytes
 
 MiB = 1024 * 1024
 # O_DIRECT needs buffers, offsets and lengths aligned to the device's logical block size;
@@ -78,9 +77,7 @@ MiB = 1024 * 1024
 _ALIGN = 4096
 PART_SUFFIX = ".part"
 JOURNAL_SUFFIX = ".part.journal"
-STATE_DIR = ".comfyfleet"
 MARKERS_DIR = "markers"
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _JOURNAL_VERSION = 1
 _MARKER_VERSION = 1
 
@@ -289,7 +286,7 @@ def plan_pull(
         folder = _safe_parts("folder", entry.folder, single=True)
         file = _safe_parts("file", entry.file, single=False)
         sha = entry.sha256.lower()
-        if not _SHA256_RE.match(sha):
+        if not is_sha256(sha):
             raise ConfigError(
                 f"manifest entry {entry.key!r} has no valid sha256 ({entry.sha256!r})",
                 hint="re-run the mirror so the manifest records each file's sha256",

@@ -7,12 +7,13 @@ neither their ``repr`` nor any error message ever shows a token.
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from comfyfleet import config
 
 # Query parameters whose values are secrets (CivitAI ?token=, presigned S3/CloudFront URLs).
 _SECRET_QUERY_KEYS = frozenset(
@@ -40,10 +41,7 @@ class Tokens:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Tokens:
         """``HF_TOKEN`` (else ``HUGGING_FACE_HUB_TOKEN``), ``CIVITAI_TOKEN`` (else
         ``CIVITAI_API_TOKEN``); empty values count as unset."""
-        env = os.environ if env is None else env
-        hf = _clean(env.get("HF_TOKEN")) or _clean(env.get("HUGGING_FACE_HUB_TOKEN"))
-        civitai = _clean(env.get("CIVITAI_TOKEN")) or _clean(env.get("CIVITAI_API_TOKEN"))
-        return cls(hf=hf, civitai=civitai)
+        return cls(hf=config.env("HF_TOKEN", env), civitai=config.env("CIVITAI_TOKEN", env))
 
     def __repr__(self) -> str:
         return (
@@ -102,11 +100,6 @@ class Upstream:
     size: int | None
     sha256: str | None
     latest_version: int | None = None
-
-
-def _clean(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value or None
 
 
 def source_kind(label: str) -> str:

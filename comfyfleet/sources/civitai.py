@@ -14,8 +14,6 @@ links on civitai.red/.green/.blue resolve through it too (same API, same ids).
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,13 +21,14 @@ from urllib.parse import quote
 import httpx
 
 from comfyfleet.catalog import CivitaiSource, ModelFile
+from comfyfleet.config import env
 from comfyfleet.errors import SourceNotFound, SourceProtocolError
+from comfyfleet.files import is_sha256
 from comfyfleet.sources.base import DownloadPlan, Tokens, Upstream, sanitize_file_name
 from comfyfleet.sources.http import ErrorContext, client_or_new, get_json
 from comfyfleet.sources.links import CivitaiRef, parse_civitai_ref
 
 DEFAULT_BASE_URL = "https://civitai.com"
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # Model types (v1 ``model.type``) and file types (``files[].type``) -> ComfyUI folder.
 _MODEL_TYPE_FOLDERS = {
@@ -58,7 +57,7 @@ _FILE_TYPE_FOLDERS = {
 
 
 def civitai_base_url() -> str:
-    return (os.environ.get("CIVITAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return (env("CIVITAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
 
 
 def comfy_folder_for(model_type: str | None, file_type: str | None = None) -> str | None:
@@ -283,7 +282,7 @@ def inspect_civitai(
         file_id=int(chosen["id"]),
         file_name=name,
         file_type=str(chosen.get("type") or ""),
-        sha256=sha.lower() if sha and _SHA256.match(sha) else None,
+        sha256=sha.lower() if sha and is_sha256(sha.lower()) else None,
         approx_size=round(float(size_kb) * 1024) if isinstance(size_kb, int | float) else None,
         primary=chosen.get("primary") is True,
         air=str(version["air"]) if version.get("air") else None,

@@ -18,7 +18,6 @@ reads it once at import.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 
@@ -40,6 +39,7 @@ from huggingface_hub.hf_api import RepoFile
 
 from comfyfleet import __version__
 from comfyfleet.catalog import HFSource, ModelFile
+from comfyfleet.config import env
 from comfyfleet.errors import (
     ConfigError,
     GatedRepoError,
@@ -51,18 +51,18 @@ from comfyfleet.errors import (
     SourceProtocolError,
     SourceUnavailable,
 )
+from comfyfleet.files import is_sha256
 from comfyfleet.sources.base import DownloadPlan, Tokens, sanitize_file_name
 from comfyfleet.sources.http import HF_TOKEN_HINT, parse_retry_after
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TIMEOUT = 30.0
 
 
 def hf_endpoint() -> str:
     """``HF_ENDPOINT`` as it is now (not as it was when huggingface_hub was imported)."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    return (env("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def _api(tokens: Tokens, endpoint: str) -> HfApi:
@@ -255,7 +255,7 @@ def resolve_hf(model: ModelFile, source: HFSource, tokens: Tokens | None = None)
     with hf_errors(repo=repo, revision=commit, path=path, endpoint=endpoint, tokens=tokens):
         meta = api.get_hf_file_metadata(url=url, timeout=_TIMEOUT)
     etag = (meta.etag or "").lower()
-    if sha256 is not None and _SHA256.match(etag) and etag != sha256:
+    if sha256 is not None and is_sha256(etag) and etag != sha256:
         raise SourceProtocolError(
             f"{label}: the Hub disagrees with itself: paths-info sha256 {sha256}, "
             f"resolve etag {etag}",

@@ -23,12 +23,12 @@ A ``token=`` query parameter is dropped (it would otherwise land in the catalog 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from comfyfleet.catalog import CivitaiSource, HFSource
+from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
 from comfyfleet.sources.base import redact_url
 
@@ -66,7 +66,7 @@ class CivitaiRef:
 
 
 def _host_of(env_var: str) -> str | None:
-    value = os.environ.get(env_var)
+    value = env(env_var)
     if not value:
         return None
     return urlsplit(value).netloc.lower() or None

@@ -10,7 +10,6 @@ ranged ``get_object``. botocore errors become comfyfleet errors here and nowhere
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -20,6 +19,7 @@ import botocore.exceptions as bexc
 from botocore.config import Config
 
 from comfyfleet.catalog import ModelFile, S3Source
+from comfyfleet.config import env
 from comfyfleet.errors import (
     ConfigError,
     RateLimited,
@@ -28,6 +28,7 @@ from comfyfleet.errors import (
     SourceProtocolError,
     SourceUnavailable,
 )
+from comfyfleet.files import is_sha256
 from comfyfleet.sources.base import DownloadPlan, sanitize_file_name
 from comfyfleet.sources.http import ByteStream, empty_stream
 from comfyfleet.store.base import SHA256_METADATA_KEY
@@ -35,7 +36,6 @@ from comfyfleet.store.base import SHA256_METADATA_KEY
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TRANSPORT_ERRORS = (
     bexc.EndpointConnectionError,
     bexc.ConnectionClosedError,
@@ -58,7 +58,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def _endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL")
 
 
 def s3_client() -> S3Client:
@@ -152,7 +152,7 @@ def resolve_s3(model: ModelFile, source: S3Source) -> DownloadPlan:
         url=label,
         file_name=sanitize_file_name(key.rsplit("/", 1)[-1]) or model.file.rsplit("/", 1)[-1],
         size=int(head["ContentLength"]),
-        sha256=sha if _SHA256.match(sha) else model.sha256,
+        sha256=sha if is_sha256(sha) else model.sha256,
         revision=head.get("ETag"),
         source=label,
         headers={},

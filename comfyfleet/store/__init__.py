@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from comfyfleet.config import env, env_or
 from comfyfleet.errors import StoreConfigError
 from comfyfleet.store.base import (
     SHA256_METADATA_KEY,
@@ -52,10 +52,10 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 def default_store_uri() -> str:
     """``$COMFYFLEET_STORE``, else ``$COMFYFLEET_HOME/store`` (home defaults to ~/.comfyfleet)."""
-    configured = os.environ.get("COMFYFLEET_STORE", "").strip()
+    configured = env("COMFYFLEET_STORE")
     if configured:
         return configured
-    home = os.environ.get("COMFYFLEET_HOME", "").strip() or "~/.comfyfleet"
+    home = env_or("COMFYFLEET_HOME", "~/.comfyfleet")
     return str(Path(home).expanduser() / "store")
 
 

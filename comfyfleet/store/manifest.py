@@ -18,7 +18,6 @@ one mirror per store at a time (the mirror flow is the only writer).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +25,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from comfyfleet.errors import ObjectNotFound, StoreError
+from comfyfleet.files import is_sha256
 from comfyfleet.store.base import ObjectInfo, ObjectStore, check_key
 
 MANIFEST_KEY = "manifest.json"
 MANIFEST_VERSION = 1
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ManifestEntry(BaseModel):
@@ -59,7 +58,7 @@ class ManifestEntry(BaseModel):
     @classmethod
     def _sha256_is_hex(cls, value: str) -> str:
         value = value.lower()
-        if not _SHA256_RE.match(value):
+        if not is_sha256(value):
             raise ValueError("sha256 must be 64 hex digits")
         return value
 

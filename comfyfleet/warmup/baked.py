@@ -18,7 +18,6 @@ re-hashes everything, in parallel. A missing or wrong file is reported, never tr
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comfyfleet import __version__
+from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
 from comfyfleet.pull.transfer import EntryLike, hash_file
@@ -73,7 +73,7 @@ class BakedManifest(BaseModel):
 
 
 def default_baked_manifest_path() -> Path:
-    value = os.environ.get(ENV_BAKED_MANIFEST, "").strip()
+    value = env(ENV_BAKED_MANIFEST)
     return Path(value) if value else DEFAULT_BAKED_MANIFEST
 
 

@@ -42,14 +42,15 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from comfyfleet.catalog import AUTO_PROFILE, Catalog
+from comfyfleet.comfy.folders import PT_EXTENSIONS, PT_FOLDERS, http_folder
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
     ComfyfleetError,
     ConfigError,
     IntegrityError,
-    format_bytes,
 )
+from comfyfleet.files import STATE_DIR
 from comfyfleet.pull.disk import preflight as disk_preflight
 from comfyfleet.pull.transfer import (
     EntryLike,
@@ -62,6 +63,7 @@ from comfyfleet.pull.transfer import (
 )
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.manifest import ManifestEntry, read_manifest
+from comfyfleet.units import format_bytes
 from comfyfleet.warmup.baked import (
     BakedCheck,
     BakedManifest,
@@ -71,7 +73,7 @@ from comfyfleet.warmup.baked import (
     write_baked_manifest,
 )
 from comfyfleet.warmup.gpu import InstanceFacts, Runner, instance_facts
-from comfyfleet.warmup.lock import STATE_DIR, RootLock, write_extra_model_paths
+from comfyfleet.warmup.lock import RootLock, write_extra_model_paths
 from comfyfleet.warmup.profiles import ProfileChoice, choose_profile
 from comfyfleet.warmup.reports import Published
 from comfyfleet.warmup.timing import ColdStartRecord, PhaseClock, Targets, build_record
@@ -79,32 +81,6 @@ from comfyfleet.warmup.timing import ColdStartRecord, PhaseClock, Targets, build
 DEFAULT_COMFY_URL = "http://127.0.0.1:8188"
 COMFY_LOG = "comfyui.log"
 VERIFY_MODES = ("fast", "full")
-
-# ComfyUI lists only these extensions in its standard model folders (folder_paths.py:12);
-# folders that custom nodes register (CogVideo, animatediff_models...) list every file.
-PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-PT_FOLDERS = frozenset(
-    {
-        "checkpoints",
-        "loras",
-        "vae",
-        "text_encoders",
-        "diffusion_models",
-        "clip_vision",
-        "style_models",
-        "embeddings",
-        "vae_approx",
-        "controlnet",
-        "gligen",
-        "upscale_models",
-        "hypernetworks",
-        "photomaker",
-        "model_patches",
-        "audio_encoders",
-    }
-)
-# Legacy folder names on disk that ComfyUI's HTTP API only knows by their new key.
-HTTP_FOLDER = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 
 class ComfyAPI(Protocol):
@@ -692,7 +668,7 @@ class WarmupSession:
         expected: dict[str, set[str]] = {}
         unchecked: dict[str, str] = {}
         for entry in self.entries:
-            folder = HTTP_FOLDER.get(entry.folder, entry.folder)
+            folder = http_folder(entry.folder)
             suffix = Path(entry.file).suffix.lower()
             if folder in PT_FOLDERS and suffix not in PT_EXTENSIONS:
                 unchecked[entry.key] = f"ComfyUI lists only model files in {folder}"

@@ -19,11 +19,10 @@ from types import TracebackType
 
 import yaml
 
-from comfyfleet.catalog import KNOWN_FOLDERS
+from comfyfleet.comfy.folders import KNOWN_FOLDERS
 from comfyfleet.errors import ConfigError, LockHeldError
-from comfyfleet.files import write_atomic
+from comfyfleet.files import STATE_DIR, write_atomic
 
-STATE_DIR = ".comfyfleet"
 LOCK_NAME = "warmup.lock"
 EXTRA_MODEL_PATHS = "extra_model_paths.yaml"
 EXTRA_SECTION = "comfyfleet"

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyfleet.catalog import AUTO_PROFILE, Catalog, ModelFile
-from comfyfleet.errors import ConfigError, InsufficientDiskError, format_bytes
+from comfyfleet.errors import ConfigError, InsufficientDiskError
 from comfyfleet.pull.disk import DEFAULT_MARGIN_BYTES, DEFAULT_MARGIN_RATIO, required_bytes
+from comfyfleet.units import format_bytes
 from comfyfleet.warmup.gpu import InstanceFacts
 
 NeededFn = Callable[[Sequence[ModelFile]], int]

@@ -26,10 +26,10 @@ from comfyfleet.errors import (
     ObjectNotFound,
     PreconditionFailed,
     StoreError,
-    format_bytes,
 )
 from comfyfleet.files import write_atomic
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.units import format_bytes
 from comfyfleet.warmup.timing import ColdStartRecord, Phase
 
 HISTORY_KEY = "reports/coldstart.parquet"
