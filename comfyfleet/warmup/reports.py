@@ -144,7 +144,11 @@ def _bar_label(ph: Phase, total_s: float) -> str:
 
 
 def render_timeline(record: ColdStartRecord, path: Path | None = None) -> bytes:
-    """Draw the phase timeline as PNG bytes (and write them to ``path`` when given)."""
+    """Draw the phase timeline as PNG bytes (and write them to ``path`` when given).
+
+    Long on purpose: one figure drawn top to bottom (bars, labels, target line, legend);
+    split up, the pieces would pass matplotlib's axes state around for nothing.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
