@@ -453,3 +453,19 @@ def test_a_stale_wrong_size_file_at_the_target_is_replaced(
     assert result.ok
     assert stale.read_bytes() == content("base")
     assert result.record.files_replaced == 1 and result.record.files_placed == 1
+
+
+def test_a_disk_refusal_stores_no_timeline(local_store: Any, root: Path, tmp_path: Path) -> None:
+    mirror(local_store)
+    result = run_warmup(
+        store=local_store,
+        comfy_root=root,
+        catalog=catalog(tmp_path),
+        facts=facts(root, 24, free=50_000),
+        profile="image",
+        history=True,
+    )
+    assert result.error is not None and result.error.type == "InsufficientDiskError"
+    assert result.published is not None and result.published.history_rows == 1
+    assert result.published.timeline_key is None
+    assert not [o.key for o in local_store.list("reports/") if o.key.endswith(".png")]
