@@ -261,6 +261,11 @@ class WarmupOptions:
         if unknown:
             raise ConfigError(f"unknown warm-up option(s): {', '.join(unknown)}")
         given = {k: v for k, v in values.items() if v is not None and v != ""}
+        if "comfy_root" not in given:
+            raise ConfigError(
+                "a warm-up needs the ComfyUI root",
+                hint="pass --comfy-root DIR (flow parameter comfy_root)",
+            )
         return cls(**given)
 
     def pull_settings(self) -> PullSettings:

@@ -77,6 +77,8 @@ def test_build_treats_empty_and_none_as_not_given_and_refuses_unknown_names() ->
     assert opts.profile == "auto" and opts.comfy_url is None and opts.comfy_root == Path("/r")
     with pytest.raises(ConfigError, match="unknown warm-up option"):
         WarmupOptions.build({"comfy_root": "/r", "profcile": "image"})
+    with pytest.raises(ConfigError, match="needs the ComfyUI root"):
+        WarmupOptions.build({"comfy_root": "", "profile": "image"})  # an event without it
 
 
 @pytest.mark.parametrize(
