@@ -1,12 +1,13 @@
 """Prefect flow ``warmup``: the cold start of one GPU instance, phase by phase.
 
-Thin on purpose: the work is :class:`comfyfleet.warmup.driver.WarmupSession`; each phase runs as
-one task (``preflight``, ``pull``, ``place``, ``comfy-boot``, ``first-prompt``) so the run
-graph shows where the minutes went. The pull is one task (the engine parallelises ranges
-across files itself; a task per file would only add engine overhead) and reports bytes
-through a throttled progress artifact. Only the pull and the boot retry, and only on
-transient errors (store 5xx, ComfyUI not answering yet): a retried pull resumes its
-``.part`` files.
+Thin on purpose: the parameters become a ``WarmupOptions`` and the work is the same driver
+as ``comfyfleet warmup`` (:func:`comfyfleet.warmup.driver.warm_up`), handed a ``run_phase``
+hook that runs each phase as one task (``preflight``, ``pull``, ``place``, ``comfy-boot``,
+``first-prompt``) so the run graph shows where the minutes went. The pull is one task (the
+engine parallelises ranges across files itself; a task per file would only add engine
+overhead) and reports bytes through a throttled progress artifact. Only the pull task
+retries, on transient errors only (``PHASE_RETRY_DELAYS_S``): a retried pull resumes its
+``.part`` files, and the driver, given the hook, retries nothing itself.
 
 Whatever happens, the cold-start record is published (history row in the store, timeline
 PNG) and shown as a table artifact of the phases plus a markdown summary; then the flow
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +43,24 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from comfyfleet.catalog import AUTO_PROFILE, load_catalog
-from comfyfleet.errors import ComfyfleetError, ConfigError
+from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
-from comfyfleet.warmup.driver import WarmupResult, WarmupSession
-from comfyfleet.warmup.reports import markdown_summary, phase_rows, publish, verdict_line
+from comfyfleet.warmup.driver import (
+    PHASE_RETRY_DELAYS_S,
+    PHASE_STEPS,
+    WarmupResult,
+    needs_store,
+    open_catalog,
+    warm_up,
+)
+from comfyfleet.warmup.events import trigger_parameters
+from comfyfleet.warmup.options import WarmupOptions, add_arguments, from_namespace
+from comfyfleet.warmup.reports import markdown_summary, phase_rows, verdict_line
 from flows._common import ProgressThrottle, artifact_key, open_flow_store, transient_only
 
 # What the deployment's trigger passes from the on-start script's event
-# (render.EVENT_STARTED); every value arrives as a string.
-EVENT_PARAMETERS = {
-    "comfy_root": "{{ event.payload.comfy_root }}",
-    "profile": "{{ event.payload.profile }}",
-    "mode": "{{ event.payload.mode }}",
-    "verify": "{{ event.payload.verify }}",
-    "comfy_url": "{{ event.payload.comfy_url }}",
-    "instance_id": "{{ event.payload.instance_id }}",
-}
+# (events.INSTANCE_STARTED); every value arrives as a string ("" when missing: a default).
+EVENT_PARAMETERS = trigger_parameters()
 
 
 def _artifact_key(prefix: str, instance_id: str) -> str:
@@ -96,47 +99,30 @@ class ArtifactProgress:
         update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
 
 
-@task(name="preflight", cache_policy=NO_CACHE)
-def preflight_task(session: WarmupSession) -> dict[str, Any]:
-    session.preflight()
-    choice = session.choice
-    return {"profile": choice.name if choice else "", "files": len(session.items)}
+def _phase_task(name: str) -> Any:
+    """The task that runs driver phase ``name``; its retries come from the driver's table
+    (``PHASE_RETRY_DELAYS_S``), so the driver, handed this runner, retries nothing."""
+    delays = PHASE_RETRY_DELAYS_S.get(name, ())
+
+    @task(
+        name=name.replace("_", "-"),
+        cache_policy=NO_CACHE,
+        retries=len(delays),
+        retry_delay_seconds=list(delays),
+        retry_condition_fn=transient_only,
+    )
+    def run(step: Callable[[], None]) -> None:
+        step()
+
+    return run
 
 
-@task(
-    name="pull",
-    cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=[5, 20, 60],
-    retry_condition_fn=transient_only,
-)
-def pull_task(session: WarmupSession) -> dict[str, Any]:
-    session.pull()
-    report = session.report
-    return {"bytes_downloaded": report.bytes_downloaded if report else 0}
+PHASE_TASKS = {name: _phase_task(name) for name in PHASE_STEPS}
 
 
-@task(name="place", cache_policy=NO_CACHE)
-def place_task(session: WarmupSession) -> None:
-    session.place()
-
-
-@task(
-    name="comfy-boot",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient_only,
-)
-def boot_task(session: WarmupSession) -> dict[str, Any]:
-    session.boot()
-    return session.comfy.to_dict() if session.comfy else {}
-
-
-@task(name="first-prompt", cache_policy=NO_CACHE)
-def first_prompt_task(session: WarmupSession) -> dict[str, Any] | None:
-    session.first_prompt()
-    return session.first_prompt_info
+def run_phase_as_task(name: str, step: Callable[[], None]) -> None:
+    """The driver's ``run_phase`` hook: each phase is one task run."""
+    PHASE_TASKS[name](step)
 
 
 def _artifacts(result: WarmupResult, instance_id: str, presign_s: int | None) -> None:
@@ -172,34 +158,45 @@ def _artifacts(result: WarmupResult, instance_id: str, presign_s: int | None) ->
         )
 
 
+# Parameters of the flow that are not warm-up options: where the inputs come from and
+# where the report goes. Every other parameter is a WarmupOptions field (a test checks
+# names and defaults), so the defaults below are read from WarmupOptions.
+INPUT_PARAMETERS = ("store", "store_block", "catalog", "report_path")
+_D = WarmupOptions
+
+
 @flow(name="warmup", log_prints=False)
 def warmup(
     comfy_root: str,
     store: str | None = None,
     store_block: str | None = None,
     catalog: list[str] | None = None,
-    profile: str = AUTO_PROFILE,
-    vram_gb: float | None = None,
-    gpu: str | None = None,
-    force: bool = False,
-    mode: str = "script",
-    verify: str = "fast",
-    comfy_url: str | None = None,
-    start_comfy: str | None = None,
+    profile: str = _D.profile,
+    vram_gb: float | None = _D.vram_gb,
+    gpu: str | None = _D.gpu,
+    force: bool = _D.force,
+    mode: str | None = None,  # default: $COMFYFLEET_MODE, else script (WarmupOptions)
+    verify: str = _D.verify,
+    comfy_url: str | None = _D.comfy_url,
+    start_comfy: str | None = _D.start_comfy,
     warmup_workflow: str | None = None,
     models_dir: str | None = None,
     baked_manifest: str | None = None,
     timeline: str | None = None,
-    fail_on_target: bool = False,
-    target_s: float | None = None,
-    instance_id: str = "",
-    history: bool = True,
-    boot_timeout_s: float = 600.0,
-    prompt_timeout_s: float = 1800.0,
-    timeline_presign_s: int | None = None,
+    fail_on_target: bool = _D.fail_on_target,
+    target_s: float | None = _D.target_s,
+    instance_id: str = _D.instance_id,
+    history: bool = _D.history,
+    boot_timeout_s: float = _D.boot_timeout_s,
+    prompt_timeout_s: float = _D.prompt_timeout_s,
+    wait_lock_s: float = _D.wait_lock_s,
+    direct_io: bool = _D.direct_io,
+    fast_http: bool = _D.fast_http,
+    timeline_presign_s: int | None = _D.timeline_presign_s,
     report_path: str | None = None,
 ) -> dict[str, Any]:
-    """Warm up one ComfyUI root from the mirror (parameters mirror ``comfyfleet warmup``).
+    """Warm up one ComfyUI root from the mirror (parameters mirror ``comfyfleet warmup``;
+    see ``WarmupOptions`` for each).
 
     Returns the result as JSON-ready data; fails when a phase failed (and, with
     ``fail_on_target``, when the cold start missed its target). The record is published
@@ -208,64 +205,29 @@ def warmup(
     without it the artifact is a link to the PNG's place in the store. ``report_path``
     receives the result as JSON, also when the flow fails.
     """
+    params = dict(locals())
     logger = get_run_logger()
-    baked = mode == "baked"
-    opened = open_flow_store(store, store_block) if (store or store_block or not baked) else None
-    try:
-        cat = load_catalog(catalog or [])
-    except ComfyfleetError:
-        if not baked:
-            raise
-        cat = None
-    session = WarmupSession(
+    options = WarmupOptions.build({k: v for k, v in params.items() if k not in INPUT_PARAMETERS})
+    given = bool(store or store_block)
+    opened = (
+        open_flow_store(store, store_block) if needs_store(options, store_given=given) else None
+    )
+    cat = open_catalog(catalog or [], options)
+    result = warm_up(
+        options,
         store=opened,
-        comfy_root=Path(comfy_root),
         catalog=cat,
-        profile=profile or AUTO_PROFILE,
-        vram_gb=vram_gb,
-        gpu=gpu or None,
-        force=force,
-        mode=mode,
-        verify=verify,
-        comfy_url=comfy_url or None,
-        start_comfy=start_comfy or None,
-        warmup_workflow=Path(warmup_workflow) if warmup_workflow else None,
-        models_dir=Path(models_dir) if models_dir else None,
-        baked_manifest=Path(baked_manifest) if baked_manifest else None,
         progress=ArtifactProgress(),
-        instance_id=instance_id,
-        target_s=target_s,
-        boot_timeout_s=boot_timeout_s,
-        prompt_timeout_s=prompt_timeout_s,
+        run_phase=run_phase_as_task,
     )
-    failure: BaseException | None = None
-    try:
-        preflight_task(session)
-        pull_task(session)
-        place_task(session)
-        boot_task(session)
-        first_prompt_task(session)
-    except (ComfyfleetError, OSError) as exc:
-        failure = exc
-    except BaseException:
-        session.close()
-        raise
-    result = session.finish(failure)
-    result.published = publish(
-        result.record,
-        opened,
-        timeline_path=Path(timeline) if timeline else None,
-        history=history,
-        presign_s=timeline_presign_s,
-    )
-    for problem in result.published.problems:
+    for problem in result.published.problems if result.published else []:
         logger.warning("report: %s", problem)
-    _artifacts(result, instance_id, timeline_presign_s)
+    _artifacts(result, options.instance_id, options.timeline_presign_s)
     logger.info(verdict_line(result.record))
     if report_path:
         _write_json(Path(report_path), result.to_dict())
     result.raise_for_failure()
-    if fail_on_target and not result.passed:
+    if options.fail_on_target and not result.passed:
         raise ConfigError(
             f"cold start missed its target: {verdict_line(result.record)}",
             hint="see the warmup-phases artifact for where the time went",
@@ -281,36 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.warmup [comfyfleet warmup options]``: the CLI's warm-up, run as the
     ``warmup`` flow so the Prefect server (``PREFECT_API_URL``) records its tasks and
     artifacts. Prints the result as JSON; exit 0 done, 1 failed."""
-    from comfyfleet.cli import warmup_cmd
-
     parser = argparse.ArgumentParser(prog="python -m flows.warmup")
-    warmup_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["warmup", *(sys.argv[1:] if argv is None else argv)])
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument("--store", metavar="URI", help="store URI (default $COMFYFLEET_STORE)")
+    inputs.add_argument("--store-block", metavar="NAME", help="a saved comfyfleet-store block")
+    parser.add_argument("--catalog", action="append", default=[], metavar="PATH")
+    parser.add_argument("--json", action="store_true", help="accepted: the output is JSON")
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    options = from_namespace(args)
+    parameters = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items() if v is not None
+    }
     with tempfile.TemporaryDirectory(prefix="comfyfleet-warmup-") as tmp:
         report = Path(tmp) / "report.json"
         state = warmup(
-            comfy_root=str(args.comfy_root),
+            **parameters,
             store=args.store,
             store_block=args.store_block,
             catalog=list(args.catalog),
-            profile=args.profile,
-            vram_gb=args.vram_gb,
-            gpu=args.gpu,
-            force=args.force,
-            mode=args.mode,
-            verify=args.verify,
-            comfy_url=args.comfy_url,
-            start_comfy=args.start_comfy,
-            warmup_workflow=str(args.warmup_workflow) if args.warmup_workflow else None,
-            models_dir=str(args.models_dir) if args.models_dir else None,
-            baked_manifest=str(args.baked_manifest) if args.baked_manifest else None,
-            timeline=str(args.timeline) if args.timeline else None,
-            fail_on_target=args.fail_on_target,
-            target_s=args.target_s,
-            instance_id=args.instance_id,
-            history=not args.no_history,
-            boot_timeout_s=args.boot_timeout,
-            prompt_timeout_s=args.prompt_timeout,
             report_path=str(report),
             return_state=True,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -39,7 +40,8 @@ def print_json(data: Any) -> None:
 
 
 def _number(kind: type[int] | type[float], *, minimum: float, inclusive: bool) -> Any:
-    """An argparse ``type`` that parses ``kind`` and refuses values below ``minimum``."""
+    """An argparse ``type`` that parses ``kind`` and refuses values below ``minimum``, and
+    ``nan``/``inf`` (which ``float()`` accepts and every comparison would let through)."""
     relation = ">=" if inclusive else ">"
 
     def parse(text: str) -> int | float:
@@ -49,6 +51,8 @@ def _number(kind: type[int] | type[float], *, minimum: float, inclusive: bool) -
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
+        if not math.isfinite(value):  # nan compares false with everything: check first
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
         return value

@@ -25,23 +25,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from comfyfleet.catalog import AUTO_PROFILE, Catalog, load_catalog
+from comfyfleet.catalog import load_catalog
 from comfyfleet.cli.common import (
     add_catalog_option,
     add_json_option,
     add_store_options,
-    non_negative_float,
-    positive_float,
     print_json,
 )
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.config import env
-from comfyfleet.errors import ComfyfleetError
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.units import format_bytes
-from comfyfleet.warmup.driver import VERIFY_MODES, WarmupResult, bake, warm_up
-from comfyfleet.warmup.reports import phase_rows, publish, verdict_line
-from comfyfleet.warmup.timing import MODES
+from comfyfleet.warmup.driver import WarmupResult, bake, needs_store, open_catalog, warm_up
+from comfyfleet.warmup.options import add_arguments, from_namespace
+from comfyfleet.warmup.reports import phase_rows, verdict_line
 
 EXIT_TARGET_MISSED = 3
 
@@ -57,109 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(only with --fail-on-target).",
     )
     add_store_options(p)
-    p.add_argument(
-        "--comfy-root",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="the ComfyUI checkout (models go to DIR/models/<folder>/)",
-    )
     add_catalog_option(p)
-    p.add_argument(
-        "--profile",
-        default=AUTO_PROFILE,
-        metavar="NAME|auto",
-        help="profile to pull (default auto: the largest that fits VRAM and disk)",
-    )
-    p.add_argument(
-        "--vram-gb", type=non_negative_float, metavar="N", help="use N GB as the GPU's VRAM"
-    )
-    p.add_argument("--gpu", choices=["none"], help="no GPU (laptop, CI): skip nvidia-smi")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="pull a named profile even when its VRAM floor is above this GPU's",
-    )
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        default=env("COMFYFLEET_MODE") or "script",
-        help="script (target 300 s) or baked (image built by `render dockerfile`, "
-        "target 120 s); default $COMFYFLEET_MODE or script",
-    )
-    p.add_argument(
-        "--verify",
-        choices=VERIFY_MODES,
-        default="fast",
-        help="fast: trust markers of verified files; full: re-hash every file",
-    )
-    p.add_argument(
-        "--comfy-url",
-        metavar="URL",
-        help="wait for ComfyUI here (default http://127.0.0.1:8188 with --start-comfy)",
-    )
-    p.add_argument(
-        "--start-comfy",
-        metavar="CMD",
-        help="shell command that starts ComfyUI (run in --comfy-root, own process "
-        "group, log in DIR/.comfyfleet/comfyui.log)",
-    )
-    p.add_argument(
-        "--warmup-workflow",
-        type=Path,
-        metavar="FILE",
-        help="API-format workflow to run once ComfyUI is up (loads the models)",
-    )
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        metavar="DIR",
-        help="place models here instead of DIR/models (writes extra_model_paths.yaml)",
-    )
-    p.add_argument(
-        "--baked-manifest",
-        type=Path,
-        metavar="PATH",
-        help="baked manifest for --mode baked (default $COMFYFLEET_BAKED_MANIFEST or "
-        "/opt/comfyfleet/baked-manifest.json)",
-    )
-    p.add_argument("--timeline", type=Path, metavar="PNG", help="also write the timeline here")
-    p.add_argument(
-        "--fail-on-target", action="store_true", help="exit 3 when the cold start misses its target"
-    )
-    p.add_argument(
-        "--target-s", type=positive_float, metavar="S", help="override the target seconds"
-    )
-    p.add_argument(
-        "--instance-id",
-        default="",
-        metavar="ID",
-        help="name of this instance in the report (default: none)",
-    )
-    p.add_argument(
-        "--boot-timeout",
-        type=positive_float,
-        default=600.0,
-        metavar="S",
-        help="how long ComfyUI may take to come up (default 600)",
-    )
-    p.add_argument(
-        "--prompt-timeout",
-        type=positive_float,
-        default=1800.0,
-        metavar="S",
-        help="how long the first prompt may take (default 1800)",
-    )
-    p.add_argument(
-        "--wait-lock",
-        type=non_negative_float,
-        default=0.0,
-        metavar="S",
-        help="wait up to S seconds for another warm-up on this root to finish",
-    )
-    p.add_argument(
-        "--no-history", action="store_true", help="do not append to the store's cold-start history"
-    )
+    add_arguments(p)  # every warm-up option, from WarmupOptions
     add_json_option(p)
     p.set_defaults(func=cmd_warmup)
 
@@ -233,15 +129,6 @@ def _store_given(args: argparse.Namespace) -> bool:
     return bool(args.store or args.store_block or env("COMFYFLEET_STORE"))
 
 
-def _catalog_for(args: argparse.Namespace, *, required: bool) -> Catalog | None:
-    try:
-        return load_catalog(args.catalog)
-    except ComfyfleetError:
-        if required:
-            raise
-        return None
-
-
 def print_phase_table(result: WarmupResult, console: Console) -> None:
     """The phase table, the verdict and where things are (for people)."""
     record = result.record
@@ -296,39 +183,18 @@ def print_phase_table(result: WarmupResult, console: Console) -> None:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
-    baked = args.mode == "baked"
-    store: ObjectStore | None = resolve_store(args) if (not baked or _store_given(args)) else None
-    catalog = _catalog_for(args, required=not baked)
+    options = from_namespace(args)
+    given = _store_given(args)
+    store: ObjectStore | None = (
+        resolve_store(args) if needs_store(options, store_given=given) else None
+    )
+    catalog = open_catalog(args.catalog, options)
     err = Console(stderr=True)
     progress = RichProgress(err)
     try:
-        result = warm_up(
-            store=store,
-            comfy_root=args.comfy_root,
-            catalog=catalog,
-            profile=args.profile,
-            vram_gb=args.vram_gb,
-            gpu=args.gpu,
-            mode=args.mode,
-            verify=args.verify,
-            comfy_url=args.comfy_url,
-            start_comfy=args.start_comfy,
-            warmup_workflow=args.warmup_workflow,
-            models_dir=args.models_dir,
-            progress=progress,
-            force=args.force,
-            baked_manifest=args.baked_manifest,
-            instance_id=args.instance_id,
-            target_s=args.target_s,
-            boot_timeout_s=args.boot_timeout,
-            prompt_timeout_s=args.prompt_timeout,
-            wait_lock_s=args.wait_lock,
-        )
+        result = warm_up(options, store=store, catalog=catalog, progress=progress)
     finally:
         progress.close()
-    result.published = publish(
-        result.record, store, timeline_path=args.timeline, history=not args.no_history
-    )
     if args.json:
         print_json(result.to_dict())
     else:
@@ -337,7 +203,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             out = Console(highlight=False, width=120)  # logs: no wrapping at 80 columns
         print_phase_table(result, out)
     result.raise_for_failure()  # the CLI's main turns it into error/hint and exit 1 or 2
-    if args.fail_on_target and not result.passed:
+    if options.fail_on_target and not result.passed:
         print(
             f"error: {verdict_line(result.record)}\n"
             "hint: see the phase table for where the time went",

@@ -1210,6 +1210,9 @@ def pull(
     (``report.raise_for_failures()`` turns them into an exception). Failures before the first
     byte (``InsufficientDiskError``) and interrupts (``KeyboardInterrupt``) raise; partial
     files are then kept with their journal so the next run resumes.
+
+    (Over 80 lines with this docstring; the body is one check -> plan -> download -> report
+    sequence that reads best in one place.)
     """
     settings = settings or PullSettings()
     items = list(items)

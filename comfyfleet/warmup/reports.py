@@ -144,7 +144,11 @@ def _bar_label(ph: Phase, total_s: float) -> str:
 
 
 def render_timeline(record: ColdStartRecord, path: Path | None = None) -> bytes:
-    """Draw the phase timeline as PNG bytes (and write them to ``path`` when given)."""
+    """Draw the phase timeline as PNG bytes (and write them to ``path`` when given).
+
+    Long on purpose: one figure drawn top to bottom (bars, labels, target line, legend);
+    split up, the pieces would pass matplotlib's axes state around for nothing.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,6 +384,12 @@ def publish(
 ) -> Published:
     """Write the timeline PNG (file + store) and append the history row.
 
+    The store gets the PNG only for a warm-up that ran to the end (``record.ok``) and only
+    with ``history``: a failed or refused warm-up (held lock, missing root, disk refused)
+    leaves no picture in the store, and ``--no-history`` writes nothing there at all. The
+    history row records failures too (with ``history``). ``timeline_path`` is the caller's
+    own file and is written either way.
+
     Reporting must never hide the warm-up's own outcome, so store failures are collected
     in ``problems`` instead of raised. A presigned URL of the PNG (a read capability for
     ``presign_s`` seconds) is made only when asked for: it is a bearer token and ends up
@@ -399,7 +409,7 @@ def publish(
             out.problems.append(f"timeline not written to {timeline_path}: {exc.strerror}")
     if store is None:
         return out
-    if png is not None:
+    if png is not None and history and record.ok:
         key = timeline_key(record)
         try:
             store.put_bytes(key, png, content_type="image/png")

@@ -20,6 +20,7 @@ from comfyfleet.errors import ComfyError, ConfigError, InsufficientDiskError, Lo
 from comfyfleet.warmup.baked import check_baked, read_baked_manifest
 from comfyfleet.warmup.driver import WarmupResult, bake, load_workflow, warm_up
 from comfyfleet.warmup.lock import RootLock
+from comfyfleet.warmup.options import WarmupOptions
 from tests.comfy.graphs import txt2img
 from tests.support.comfyui_launcher import DiskComfyUI
 
@@ -49,6 +50,12 @@ def workflow_file(tmp_path: Path) -> Path:
     return path
 
 
+def run_warmup(*, store: Any, catalog: Any, facts: Any = None, **options: Any) -> WarmupResult:
+    """``warm_up`` with the options given as keywords (no history: these tests check files)."""
+    options.setdefault("history", False)
+    return warm_up(WarmupOptions(**options), store=store, catalog=catalog, facts=facts)
+
+
 def placed(root: Path, model_id: str) -> Path:
     folder, file, _ = MODELS[model_id]
     return root / "models" / folder / file
@@ -66,7 +73,7 @@ def test_full_warmup_into_a_temp_comfyui_root(
 ) -> None:
     mirror(store)
     cat = catalog(tmp_path)
-    result = warm_up(
+    result = run_warmup(
         store=store,
         comfy_root=root,
         catalog=cat,
@@ -101,7 +108,7 @@ def test_full_warmup_into_a_temp_comfyui_root(
     assert [p["name"] for p in data["phases"]][:3] == ["preflight", "verify", "pull"]
 
     # Second warm-up: every file is present, trusted by its marker, nothing fetched.
-    again = warm_up(
+    again = run_warmup(
         store=store,
         comfy_root=root,
         catalog=cat,
@@ -124,12 +131,12 @@ def test_verify_full_rehashes_and_a_wrong_file_is_replaced(
     kwargs: dict[str, Any] = dict(
         store=local_store, comfy_root=root, catalog=cat, facts=facts(root, 12), profile="minimal"
     )
-    assert warm_up(**kwargs).ok
+    assert run_warmup(**kwargs).ok
     target = placed(root, "base")
     damaged = bytearray(target.read_bytes())
     damaged[100] ^= 0xFF
     target.write_bytes(bytes(damaged))  # same size, other bytes: never trusted
-    result = warm_up(**kwargs, verify="full")
+    result = run_warmup(**kwargs, verify="full")
     assert result.ok
     statuses = {f["key"]: f["status"] for f in result.files}
     assert statuses["models/checkpoints/base.safetensors"] == "replaced"
@@ -141,7 +148,7 @@ def test_disk_too_small_is_refused_before_any_byte(
     local_store: Any, root: Path, tmp_path: Path
 ) -> None:
     mirror(local_store)
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -163,7 +170,7 @@ def test_a_profile_model_missing_from_the_manifest_names_the_mirror_command(
     local_store: Any, root: Path, tmp_path: Path
 ) -> None:
     mirror(local_store, ["base", "vae"])  # "style" of the image profile is not mirrored
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -174,7 +181,7 @@ def test_a_profile_model_missing_from_the_manifest_names_the_mirror_command(
     assert "not mirrored" in result.error.message and "style" in result.error.message
     assert "comfyfleet mirror --profile image" in (result.error.hint or "")
     # auto falls back to what is mirrored: minimal.
-    auto = warm_up(
+    auto = run_warmup(
         store=local_store, comfy_root=root, catalog=catalog(tmp_path), facts=facts(root, 12)
     )
     assert auto.ok and auto.profile is not None and auto.profile.name == "minimal"
@@ -185,7 +192,7 @@ def test_two_warmups_on_one_root_do_not_collide(
 ) -> None:
     mirror(local_store)
     with RootLock(root):
-        result = warm_up(
+        result = run_warmup(
             store=local_store, comfy_root=root, catalog=catalog(tmp_path), facts=facts(root, 12)
         )
     assert not result.ok and isinstance(result.exception, LockHeldError)
@@ -198,7 +205,7 @@ def test_models_outside_the_tree_get_extra_model_paths_and_are_listed(
 ) -> None:
     mirror(local_store)
     outside = tmp_path / "volume" / "models"
-    first = warm_up(
+    first = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -212,7 +219,7 @@ def test_models_outside_the_tree_get_extra_model_paths_and_are_listed(
     assert str(outside) in yaml_text
     # A ComfyUI started after the yaml was written lists the files from the volume.
     with DiskComfyUI(root) as fake:
-        again = warm_up(
+        again = run_warmup(
             store=local_store,
             comfy_root=root,
             catalog=catalog(tmp_path),
@@ -232,7 +239,7 @@ def test_comfyui_that_does_not_list_the_models_fails_with_the_reason(
 ) -> None:
     mirror(local_store)
     with DiskComfyUI(tmp_path / "another-root") as fake:
-        result = warm_up(
+        result = run_warmup(
             store=local_store,
             comfy_root=root,
             catalog=catalog(tmp_path),
@@ -254,7 +261,7 @@ def test_no_comfyui_answering_is_a_connection_error(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -291,7 +298,7 @@ def test_start_comfy_launches_comfyui_in_its_own_process_group(
 ) -> None:
     mirror(local_store)
     port = _free_port()
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -320,7 +327,7 @@ def test_start_comfy_that_exits_fails_fast_with_its_log(
 ) -> None:
     mirror(local_store)
     t0 = time.monotonic()
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -341,7 +348,7 @@ def test_a_ui_format_workflow_is_refused_before_pulling(
     mirror(local_store)
     bad = tmp_path / "ui.json"
     bad.write_text(json.dumps({"nodes": [], "links": []}))
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -381,7 +388,7 @@ def test_bake_then_baked_mode_checks_the_image_files(
         mode="baked",
         baked_manifest=image / "baked-manifest.json",
     )
-    result = warm_up(**kwargs)
+    result = run_warmup(**kwargs)
     assert result.ok, result.error
     assert result.record.target_s == 120.0
     assert result.profile is not None and result.profile.name == "image"
@@ -393,16 +400,16 @@ def test_bake_then_baked_mode_checks_the_image_files(
     target = image / "models" / "loras" / "style.safetensors"
     target.write_bytes(b"\0" * target.stat().st_size)
     assert [f.status for f in check_baked(manifest).bad] == ["wrong-hash"]
-    broken = warm_up(**kwargs)
+    broken = run_warmup(**kwargs)
     assert not broken.ok and broken.error is not None
     assert broken.error.type == "IntegrityError" and "--store" in (broken.error.hint or "")
     # With the store it repairs the file from the mirror.
-    repaired = warm_up(**{**kwargs, "store": local_store})
+    repaired = run_warmup(**{**kwargs, "store": local_store})
     assert repaired.ok, repaired.error
     assert target.read_bytes() == content("style")
     assert any("repairing 1 baked file" in w for w in repaired.warnings)
     # Asking a baked image for another profile is refused.
-    other = warm_up(**{**kwargs, "profile": "video-24gb"})
+    other = run_warmup(**{**kwargs, "profile": "video-24gb"})
     assert other.error is not None and "baked with profile image" in other.error.message
 
 
@@ -412,7 +419,7 @@ def test_a_corrupted_object_in_the_store_is_caught_and_not_placed(
     mirror(local_store)
     folder, file, size = MODELS["vae"]
     local_store.put_bytes(f"models/{folder}/{file}", b"\x01" * size)  # same size, other bytes
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -436,7 +443,7 @@ def test_a_stale_wrong_size_file_at_the_target_is_replaced(
     stale = placed(root, "base")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"truncated")
-    result = warm_up(
+    result = run_warmup(
         store=local_store,
         comfy_root=root,
         catalog=catalog(tmp_path),
@@ -446,3 +453,19 @@ def test_a_stale_wrong_size_file_at_the_target_is_replaced(
     assert result.ok
     assert stale.read_bytes() == content("base")
     assert result.record.files_replaced == 1 and result.record.files_placed == 1
+
+
+def test_a_disk_refusal_stores_no_timeline(local_store: Any, root: Path, tmp_path: Path) -> None:
+    mirror(local_store)
+    result = run_warmup(
+        store=local_store,
+        comfy_root=root,
+        catalog=catalog(tmp_path),
+        facts=facts(root, 24, free=50_000),
+        profile="image",
+        history=True,
+    )
+    assert result.error is not None and result.error.type == "InsufficientDiskError"
+    assert result.published is not None and result.published.history_rows == 1
+    assert result.published.timeline_key is None
+    assert not [o.key for o in local_store.list("reports/") if o.key.endswith(".png")]

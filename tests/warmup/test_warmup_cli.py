@@ -179,3 +179,24 @@ def test_bake_then_warmup_baked(
         )
         == 2
     )
+
+
+def _timelines(store: Any) -> list[str]:
+    return [o.key for o in store.list("reports/") if o.key.endswith(".png")]
+
+
+def test_failed_refused_or_no_history_warmups_store_no_timeline(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, root, args = setup["store"], setup["root"], setup["args"]
+    with RootLock(root):  # refused: another warm-up holds the root
+        assert main(["warmup", *args, "--gpu", "none", "--json"]) == 1
+    missing = [a if a != str(root) else str(tmp_path / "no-such-root") for a in args]
+    assert main(["warmup", *missing, "--gpu", "none", "--json"]) == 2
+    assert [r["verdict"] for r in read_history(store).to_dict("records")] == ["FAIL", "FAIL"]
+    assert _timelines(store) == []
+    assert main(["warmup", *args, "--gpu", "none", "--no-history", "--json"]) == 0
+    assert _timelines(store) == []
+    assert main(["warmup", *args, "--gpu", "none", "--json"]) == 0
+    assert len(_timelines(store)) == 1
+    capsys.readouterr()

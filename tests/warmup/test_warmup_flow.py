@@ -122,3 +122,48 @@ def test_python_m_flows_warmup_takes_the_cli_options(
         assert main(argv) == 1
     failed = json.loads(capsys.readouterr().out)
     assert failed["error"]["type"] == "LockHeldError"
+
+
+def _comparable(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """What a warm-up did, independent of where and when it ran."""
+    return {
+        "ok": data["ok"],
+        "verdict": data["verdict"],
+        "profile": data["profile"]["name"],
+        "phases": [(p["name"], p["status"]) for p in data["phases"]],
+        "files": sorted(
+            (f["key"], f["status"], f["verified"], str(Path(f["dest"]).relative_to(root)))
+            for f in data["files"]
+        ),
+        "listed": data["comfy"]["models_listed"],
+        "placed": sorted(str(p.relative_to(root)) for p in root.rglob("*.safetensors")),
+    }
+
+
+def test_cli_and_flow_run_the_same_warmup(
+    prefect_harness: None, tmp_path: Path, local_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from comfyfleet.cli import main
+    from flows.warmup import warmup
+
+    results = {}
+    for face in ("cli", "flow"):
+        (tmp_path / face).mkdir()
+        root, args = mirrored_root(tmp_path / face, local_store)
+        with DiskComfyUI(root) as fake:
+            common = ["--vram-gb", "12", "--comfy-url", fake.url, "--no-history"]
+            if face == "cli":
+                assert main(["warmup", *args, *common, "--json"]) == 0
+                data = json.loads(capsys.readouterr().out)
+            else:
+                data = warmup(
+                    comfy_root=str(root),
+                    store=local_store.uri,
+                    catalog=[str(tmp_path / face / "catalog.yaml")],
+                    vram_gb=12,
+                    comfy_url=fake.url,
+                    history=False,
+                )
+        results[face] = _comparable(data, root)
+    assert results["cli"] == results["flow"]
+    assert results["cli"]["profile"] == "image" and len(results["cli"]["placed"]) == 3
