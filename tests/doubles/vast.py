@@ -117,6 +117,7 @@ class InstanceRecord:
     intended_status: str = "running"
     forced_status: str | None = None
     status_msg: str | None = None
+    gpu_util: float = 0.0  # the API's sample (0-1), reported while running
 
     @property
     def env(self) -> dict[str, str]:
@@ -270,6 +271,11 @@ class FakeVast:
                 _Fault(status, times, method, path, retry_after, text, body, headers or {})
             )
 
+    def backdate(self, instance_id: int, seconds: float) -> None:
+        """Make an instance ``seconds`` older (its rent earlier), e.g. to exceed a max age."""
+        with self._lock:
+            self.instances[instance_id].created_at -= seconds
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -323,6 +329,7 @@ class FakeVast:
             "gpu_ram": offer["gpu_ram"],
             "gpu_totalram": offer["gpu_total_ram"],
             "cuda_max_good": offer["cuda_max_good"],
+            "gpu_util": record.gpu_util if running else None,
             "disk_space": disk,
             "public_ipaddr": record.public_ip if running else None,
             "local_ipaddrs": "172.17.0.4 \n",
