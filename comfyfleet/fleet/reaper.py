@@ -23,6 +23,9 @@ reason that applies:
 
 Any limit set to ``None`` is not applied. Each decision carries the instance's $/h and its
 cost so far, so a report can say what the destroy saves.
+
+:func:`reap` applies the decisions to a fleet (or to every instance comfyfleet rented:
+never to an instance without a ``comfyfleet:`` label) and reports what it destroyed.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
+from comfyfleet.errors import FleetError, VastUnavailable
 from comfyfleet.fleet.cost import cost_usd, uptime_s
-from comfyfleet.fleet.vast import Instance
+from comfyfleet.fleet.labels import fleet_label, fleet_of
+from comfyfleet.fleet.release import ReleaseReport, release
+from comfyfleet.fleet.vast import Instance, VastClient
 
 BAD_ENDINGS = frozenset({"exited", "unknown", "offline"})
 REASONS = ("failed", "boot-timeout", "warmup-failed", "max-age", "idle")
@@ -136,3 +142,64 @@ def instances_to_reap(
             )
         )
     return decisions
+
+
+@dataclass
+class ReapReport:
+    """What one reaper pass saw, decided and did."""
+
+    fleet: str | None
+    checked: int
+    decisions: list[ReapDecision]
+    released: ReleaseReport
+    dry_run: bool = False
+
+    @property
+    def destroyed(self) -> list[ReapDecision]:
+        done = set(self.released.destroyed) | set(self.released.already_gone)
+        return [d for d in self.decisions if d.instance.id in done]
+
+    @property
+    def dph_stopped(self) -> float:
+        """USD per hour no longer billed after this pass."""
+        return sum(d.dph_total for d in self.destroyed)
+
+    @property
+    def cost_so_far_usd(self) -> float:
+        """What the destroyed instances had cost until now."""
+        return sum(d.cost_so_far_usd for d in self.destroyed)
+
+    def raise_for_failures(self) -> None:
+        """:class:`VastUnavailable` (a retry may cure it) or :class:`FleetError` when an
+        instance the pass decided to destroy is still there."""
+        failed = self.released.failed
+        if not failed:
+            return
+        first_id, first = next(iter(failed.items()))
+        kind = VastUnavailable if self.released.transient else FleetError
+        raise kind(
+            f"reaper destroyed {len(self.released.destroyed)} of {len(self.decisions)} "
+            f"instance(s); {len(failed)} failed ({first_id}: {first})",
+            hint="the next pass tries again; or run "
+            f"`comfyfleet instances down {' '.join(map(str, failed))}`",
+        )
+
+
+def reap(
+    client: VastClient,
+    policy: ReapPolicy,
+    *,
+    now: float,
+    fleet: str | None = None,
+    last_active: Mapping[int, float] | None = None,
+    ready: Set[int] | None = None,
+    dry_run: bool = False,
+) -> ReapReport:
+    """One reaper pass over ``fleet`` (None: every comfyfleet fleet). Instances it could
+    not destroy are in ``released.failed``; :meth:`ReapReport.raise_for_failures` turns
+    them into an error once the report is out."""
+    label = fleet_label(fleet) if fleet else None
+    instances = [i for i in client.list_instances(label=label) if fleet_of(i.label)]
+    decisions = instances_to_reap(instances, now, policy, last_active=last_active, ready=ready)
+    released = ReleaseReport() if dry_run else release(client, [d.instance.id for d in decisions])
+    return ReapReport(fleet, len(instances), decisions, released, dry_run)

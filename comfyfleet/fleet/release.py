@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from comfyfleet.errors import ComfyfleetError
+from comfyfleet.errors import ComfyfleetError, is_transient
 from comfyfleet.fleet.vast import VastClient
 
 
@@ -16,6 +16,7 @@ class ReleaseReport:
     destroyed: list[int] = field(default_factory=list)
     already_gone: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # id -> the error's one line
+    transient: bool = True  # every failure was one a retry may cure
 
     @property
     def ok(self) -> bool:
@@ -33,4 +34,5 @@ def release(client: VastClient, instance_ids: Iterable[int]) -> ReleaseReport:
                 report.already_gone.append(instance_id)
         except ComfyfleetError as exc:
             report.failed[instance_id] = exc.one_line()
+            report.transient = report.transient and is_transient(exc)
     return report
