@@ -10,6 +10,9 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from comfyfleet.cli.common import (
     add_json_option,
@@ -87,10 +90,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="GB",
         help=f"container disk (default {DEFAULT_DISK_GB:g})",
     )
-    p.add_argument(
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
         "--store",
         metavar="URI",
-        help="the mirror the instances pull from (default $COMFYFLEET_STORE)",
+        help="the mirror the instances pull from, s3://bucket/prefix (default "
+        "$COMFYFLEET_STORE; credentials from the instance's account settings)",
+    )
+    store.add_argument(
+        "--store-block",
+        metavar="NAME",
+        help="a saved comfyfleet-store block: its bucket and credentials go to the instances",
     )
     _vast_option(p)
     add_json_option(p)
@@ -172,17 +182,59 @@ def cmd_offers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_block_env(name: str) -> tuple[str, dict[str, str]]:
+    """The store URI and the ``AWS_*`` variables of a saved ``comfyfleet-store`` block, as
+    the on-start script reads them (secrets stay out of every output)."""
+    from blocks import ComfyfleetStore, load
+
+    block = load(ComfyfleetStore, name)
+    if block.path:
+        raise ConfigError(
+            f"comfyfleet-store block {name!r} is a local directory; a rented instance "
+            "cannot reach it",
+            hint="use a block with an S3-compatible bucket",
+        )
+
+    def plain(secret: SecretStr | None) -> str | None:
+        return secret.get_secret_value() if secret is not None else None
+
+    values = {
+        "AWS_ACCESS_KEY_ID": block.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": plain(block.secret_access_key),
+        "AWS_SESSION_TOKEN": plain(block.session_token),
+        "AWS_ENDPOINT_URL": block.endpoint_url,
+        "AWS_DEFAULT_REGION": block.region,
+    }
+    return block.uri, {k: v for k, v in values.items() if v}
+
+
+def _warn_if_unreachable(prefect_api_url: str | None) -> None:
+    host = urlsplit(prefect_api_url or "").hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: PREFECT_API_URL is {prefect_api_url}; a rented instance cannot reach "
+            "a loopback address, so its warm-up will not report to this Prefect server",
+            file=sys.stderr,
+        )
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    fleet_label(args.fleet)  # a bad name fails before any call
+    store: str = args.store or env("COMFYFLEET_STORE") or ""
+    store_env: dict[str, str] = {}
+    if args.store_block:
+        store, store_env = _store_block_env(args.store_block)
     request = RentRequest(
         fleet=args.fleet,
         count=args.count,
         profile=args.profile,
         query=_query(args),
         image=args.image,
-        store=args.store or env("COMFYFLEET_STORE") or "",
+        store=store,
         prefect_api_url=env("PREFECT_API_URL"),
+        extra_env=store_env,
     )
-    fleet_label(args.fleet)  # a bad name fails before any call
+    _warn_if_unreachable(request.prefect_api_url)
     with _client(args) as client:
         report = rent_fleet(client, request, on_event=lambda line: print(line, file=sys.stderr))
     if args.json:

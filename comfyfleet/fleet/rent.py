@@ -27,6 +27,7 @@ import gzip
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from comfyfleet.errors import ComfyfleetError, ConfigError, FleetError, OfferGone
 from comfyfleet.fleet.labels import fleet_label
@@ -106,6 +107,24 @@ def pack_onstart(script: str, limit: int = ONSTART_LIMIT) -> str:
     return packed
 
 
+def check_store(request: RentRequest, settings: OnstartSettings) -> None:
+    """A script-mode instance pulls its models from the store: refuse to rent one that
+    would boot without a store it can reach (it would bill while failing its warm-up)."""
+    if settings.mode != "script":
+        return  # a baked image carries its models
+    store = request.store or request.extra_env.get("COMFYFLEET_STORE", "")
+    if not store:
+        raise ConfigError(
+            "the instances would have no store to pull their models from; nothing was rented",
+            hint="pass --store s3://bucket/prefix or --store-block NAME (or set COMFYFLEET_STORE)",
+        )
+    if urlsplit(store).scheme != "s3":
+        raise ConfigError(
+            f"a rented instance cannot reach the store {store}; nothing was rented",
+            hint="mirror into an S3-compatible bucket and pass it as s3://bucket/prefix",
+        )
+
+
 def instance_env(request: RentRequest, rent_id: str) -> dict[str, str]:
     """The create call's ``env``: what the on-start script reads, the fleet's marks, and
     the ComfyUI port request."""
@@ -140,6 +159,7 @@ def rent_fleet(
         raise ConfigError(f"--count {request.count}: rent at least one instance")
     label = fleet_label(request.fleet)
     settings = request.onstart or OnstartSettings(profile=request.profile, store=request.store)
+    check_store(request, settings)
     onstart = pack_onstart(render_onstart(settings))
     offers = find_offers(client, request.query)
     if len(offers) < request.count:

@@ -26,6 +26,7 @@ def shop(vast: FakeVast, monkeypatch: pytest.MonkeyPatch) -> FakeVast:
     vast.add_offer(gpu_name="RTX 3090", gpu_ram=24576, dph_base=0.22, reliability=0.97)
     vast.add_offer(gpu_name="RTX 3060", gpu_ram=12288, dph_base=0.05)
     monkeypatch.setattr(instances_cmd, "clock", vast.now)
+    monkeypatch.setenv("COMFYFLEET_STORE", "s3://models/mirror")
     return vast
 
 
@@ -127,7 +128,11 @@ def test_down_reports_failures_with_exit_1(
      ["instances", "offers", "--min-vram", "24"],
      ["instances", "offers", "--min-vram", "-1", "--disk", "10"],
      ["instances", "up", "--fleet", "bad name", "--count", "1", "--profile", "image"],
-     ["instances", "up", "--fleet", "f", "--count", "0", "--profile", "image"]],
+     ["instances", "up", "--fleet", "f", "--count", "0", "--profile", "image"],
+     ["instances", "up", "--fleet", "f", "--count", "1", "--profile", "image",
+      "--store", "/data/mirror"],
+     ["instances", "up", "--fleet", "f", "--count", "1", "--profile", "image",
+      "--store", "s3://b", "--store-block", "x"]],
 )  # fmt: skip
 def test_usage_errors_exit_2(
     shop: FakeVast, capsys: pytest.CaptureFixture[str], argv: list[str]
@@ -159,3 +164,15 @@ def test_credit_failure_on_up_destroys_and_exits_1(
     assert code == 1
     assert "renting stopped at 1 of 2" in err and "destroyed 1" in err
     assert "hint: add credit" in err and shop.instances == {}
+
+
+def test_up_warns_when_prefect_is_on_loopback(
+    shop: FakeVast, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    code, _, err = run(["instances", "up", "--fleet", "w", "--count", "1", "--profile",
+                        "image"], capsys)  # fmt: skip
+    assert code == 0 and "warning: PREFECT_API_URL is http://127.0.0.1:4200/api" in err
+    (record,) = shop.instances.values()
+    assert record.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert record.env["COMFYFLEET_STORE"] == "s3://models/mirror"

@@ -4,6 +4,7 @@ on Prefect's real engine with its artifacts, and its deployment (cron every 10 m
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -110,11 +111,24 @@ def artifacts_of(flow_run_id: UUID) -> dict[str, list[Any]]:
 
 
 @pytest.mark.flow
-def test_flow_reaps_and_reports_the_money_saved(prefect_harness: None, vast: FakeVast) -> None:
+def test_flow_reaps_and_reports_the_money_saved(
+    prefect_harness: None,
+    vast: FakeVast,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     from flows.fleet import fleet_reaper
 
-    ids = scene(vast)
-    state = fleet_reaper(return_state=True)
+    caplog.set_level(logging.DEBUG)
+    # Prefect's loggers do not propagate to the root: listen on them directly.
+    prefect_logger = logging.getLogger("prefect")
+    caplog.set_level(logging.INFO, logger="prefect")
+    prefect_logger.addHandler(caplog.handler)
+    try:
+        ids = scene(vast)
+        state = fleet_reaper(return_state=True)
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
     assert state.is_completed(), state
     summary = state.result()
     destroyed = {ids["orphan"], ids["crashed"], ids["ancient"]}
@@ -134,6 +148,10 @@ def test_flow_reaps_and_reports_the_money_saved(prefect_harness: None, vast: Fak
     assert f"${summary['dph_stopped']:.3f}/h stops being billed" in text
     assert "destroyed 3" in text and "failed 1, idle 1, max-age 1" in text
     assert TEST_KEY not in json.dumps([str(a.data) for a in arts["table"] + arts["markdown"]])
+    # Every captured output: the run's logs (Prefect's console handler) and anything else.
+    out, err = capfd.readouterr()
+    captured = caplog.text + out + err
+    assert f"instance {ids['orphan']}: idle" in captured and TEST_KEY not in captured
 
 
 @pytest.mark.flow

@@ -190,3 +190,26 @@ def test_a_script_too_big_even_packed_is_refused() -> None:
     noise = base64.b64encode(os.urandom(3000)).decode()
     with pytest.raises(ConfigError, match="vast.ai takes 4048"):
         pack_onstart(f"echo {noise}\n" * 2)
+
+
+@pytest.mark.parametrize(
+    ("store", "match"),
+    [("", "no store to pull their models from"),
+     ("/data/mirror", "cannot reach the store /data/mirror"),
+     ("file:///data/mirror", "cannot reach the store")],
+)  # fmt: skip
+def test_a_store_the_instance_cannot_use_rents_nothing(
+    vast: FakeVast, store: str, match: str
+) -> None:
+    offers(vast, 1)
+    with pytest.raises(ConfigError, match=match):
+        rent_fleet(client(), request(count=1, store=store))
+    assert vast.requests == []
+
+
+def test_the_store_may_come_with_the_env_and_a_baked_image_needs_none(vast: FakeVast) -> None:
+    offers(vast, 2)
+    via_env = request(count=1, store="", extra_env={"COMFYFLEET_STORE": "s3://b/p"})
+    assert len(rent_fleet(client(), via_env).rented) == 1
+    baked = request(count=1, store="", onstart=OnstartSettings(profile="image", mode="baked"))
+    assert len(rent_fleet(client(), baked).rented) == 1

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from blocks import VastCredentials
+from blocks import ComfyfleetStore, VastCredentials
 from comfyfleet.cli import main
 from tests.doubles.vast import TEST_KEY, FakeVast
 
@@ -46,3 +46,32 @@ def test_cli_loads_the_saved_block(
     assert main(["instances", "ls", "--vast-block", "missing-one"]) == 2
     err = capsys.readouterr().err
     assert "no comfyfleet-vast block named 'missing-one'" in err
+
+
+@pytest.mark.flow
+def test_up_hands_a_store_blocks_bucket_and_credentials_to_the_instances(
+    prefect_harness: None,
+    vast: FakeVast,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "store-secret-never-printed"
+    ComfyfleetStore.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+    name = f"mirror-{uuid.uuid4().hex[:8]}"
+    ComfyfleetStore(bucket="models", prefix="m", endpoint_url="http://10.0.0.5:8333",
+                    access_key_id="AKID", secret_access_key=secret).save(name)  # fmt: skip
+    vast.add_offer()
+    assert main(["instances", "up", "--fleet", "s", "--count", "1", "--profile", "image",
+                 "--store-block", name, "--json"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert secret not in out + err and TEST_KEY not in out + err
+    (record,) = vast.instances.values()
+    assert record.env["COMFYFLEET_STORE"] == "s3://models/m"
+    assert record.env["AWS_SECRET_ACCESS_KEY"] == secret
+    assert record.env["AWS_ACCESS_KEY_ID"] == "AKID"
+    assert record.env["AWS_ENDPOINT_URL"] == "http://10.0.0.5:8333"
+    assert "AWS_SESSION_TOKEN" not in record.env
+    local = f"local-{uuid.uuid4().hex[:8]}"
+    ComfyfleetStore(path="/tmp/x").save(local)
+    assert main(["instances", "up", "--fleet", "s", "--count", "1", "--profile", "image",
+                 "--store-block", local]) == 2  # fmt: skip
+    assert "local directory" in capsys.readouterr().err
