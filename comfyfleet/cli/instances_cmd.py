@@ -169,12 +169,12 @@ def cmd_offers(args: argparse.Namespace) -> int:
         print_json({"offers": [_offer_json(o) for o in offers]})
         return 0
     print(
-        f"{'OFFER':>10}  {'GPU':<16} {'VRAM':>6} {'$/h':>8} {'$/h/GB':>8} "
+        f"{'OFFER':>10}  {'GPU':<16} {'VRAM':>7} {'$/h':>8} {'$/h/GB':>8} "
         f"{'RELIAB':>7} {'DOWN Mb/s':>10} {'DISK GB':>8}  LOCATION"
     )
     for o in offers:
         print(
-            f"{o.id:>10}  {o.gpu_name[:16]:<16} {o.vram_gb:>5.0f}G {o.dph_total:>8.3f} "
+            f"{o.id:>10}  {o.gpu_name[:16]:<16} {o.vram_gb:>6.1f}G {o.dph_total:>8.3f} "
             f"{o.dph_per_vram_gb:>8.4f} {o.reliability * 100:>6.1f}% {o.inet_down:>10.0f} "
             f"{o.disk_space:>8.0f}  {o.geolocation}"
         )

@@ -33,7 +33,8 @@ Wire behaviour reproduced (section numbers of ``shared/reference/vast-api.md``):
   true}``, then 404 ``no_such_instance`` (§5, §8.11-12).
 * Faults (§8.13): :meth:`FakeVast.fail` answers the next matching requests with a status
   (429 as plain text or JSON, with or without ``Retry-After``; 5xx; the search quota 429 with
-  ``X-RateLimit-Reset``).
+  ``X-RateLimit-Reset``); ``min_interval_s`` enforces a per-endpoint minimum interval (§6.3)
+  with vast's plain-text 429 and no ``Retry-After``.
 
 Instances are records here. The seam for running them as real processes is
 ``on_create(record)`` / ``on_destroy(record)``, called outside the lock;
@@ -166,6 +167,9 @@ class FakeVast:
     on_create: Callable[[InstanceRecord], None] | None = None
     on_destroy: Callable[[InstanceRecord], None] | None = None
     port_for: Callable[[int, int], int] | None = None
+    # Per-endpoint minimum interval (§6.3): "METHOD /path/prefix" -> seconds between calls;
+    # a call sooner gets a plain-text 429 without Retry-After, as vast.ai answers.
+    min_interval_s: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -179,6 +183,7 @@ class FakeVast:
         self._offer_ids = itertools.count(27418063)
         self._instance_ids = itertools.count(31840215)
         self._ports = itertools.count(41800)
+        self._last_call: dict[str, float] = {}
         self._server = Server("vast", self._route, self.requests, self._lock)
 
     # ------------------------------------------------------------ lifecycle
@@ -356,7 +361,7 @@ class FakeVast:
     # ------------------------------------------------------------ routing
 
     def _route(self, req: Request) -> None:
-        if self._fault(req):
+        if self._fault(req) or self._too_soon(req):
             return
         key = req.bearer if req.headers.get("authorization", "").startswith("Bearer ") else None
         key = key or req.param("api_key")
@@ -387,6 +392,25 @@ class FakeVast:
             self._instance_route(req, m2.group(1), body)
         else:
             req.send_json(404, {"success": False, "error": "not_found", "msg": "no such route"})
+
+    def _too_soon(self, req: Request) -> bool:
+        for endpoint, interval in self.min_interval_s.items():
+            method, prefix = endpoint.split(" ", 1)
+            if req.method != method or not req.path.startswith(prefix):
+                continue
+            now = time.monotonic()
+            with self._lock:
+                last = self._last_call.get(endpoint)
+                if last is not None and now - last < interval:
+                    too_soon = True
+                else:
+                    too_soon = False
+                    self._last_call[endpoint] = now
+            if too_soon:
+                text = f"API requests too frequent: endpoint threshold={interval}"
+                req.send(429, text.encode(), content_type="text/plain")
+                return True
+        return False
 
     def _json_body(self, req: Request) -> dict[str, Any] | None:
         if not req.body:

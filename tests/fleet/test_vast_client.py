@@ -271,3 +271,15 @@ def test_the_key_never_appears_in_errors_reprs_or_logs(
     seen.append(caplog.text)
     assert len(seen) > 10
     assert all(TEST_KEY not in text for text in seen)
+
+
+def test_a_per_endpoint_minimum_interval_is_ridden_out_by_backoff(vast: FakeVast) -> None:
+    # vast.ai's limit is mostly a minimum interval per endpoint, answered with a plain-text
+    # 429 and no Retry-After (§6.3): renting three offers in a row must still work.
+    vast.min_interval_s["PUT /api/v0/asks/"] = 0.3
+    offers = [vast.add_offer()["id"] for _ in range(3)]
+    c = VastClient(settings=VastSettings(backoff_s=0.2, max_attempts=5))
+    ids = [rent(c, offer_id) for offer_id in offers]
+    assert len(set(ids)) == 3 and len(vast.instances) == 3
+    puts = [r for r in vast.requests if r.method == "PUT"]
+    assert len(puts) > 3  # some calls were refused with 429 and tried again
