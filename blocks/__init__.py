@@ -10,6 +10,7 @@ from blocks.comfyui import ComfyUIEndpoint
 from blocks.loading import block_slug, load
 from blocks.store import ComfyfleetStore
 from blocks.tokens import FalCredentials, SourceTokens
+from blocks.vast import VastCredentials
 
 __all__ = [
     "block_slug",
@@ -18,4 +19,5 @@ __all__ = [
     "ComfyfleetStore",
     "FalCredentials",
     "SourceTokens",
+    "VastCredentials",
 ]

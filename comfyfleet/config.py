@@ -50,6 +50,9 @@ _VARS: tuple[EnvVar, ...] = (
     # warm-up
     EnvVar("COMFYFLEET_MODE", "warm-up mode when --mode is not given: script or baked"),
     EnvVar("COMFYFLEET_BAKED_MANIFEST", "the baked image's manifest (--mode baked)"),
+    # fleet (vast.ai)
+    EnvVar("VAST_API_KEY", "vast.ai API key (comfyfleet instances, fleet-reaper)", secret=True),
+    EnvVar("VAST_URL", "vast.ai server (default https://console.vast.ai), as the vastai CLI"),
     # Prefect (read only to name the server in error messages)
     EnvVar("PREFECT_API_URL", "the Prefect server blocks are loaded from"),
 )

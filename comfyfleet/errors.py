@@ -56,7 +56,15 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
     │   ├── ComfyTimeout             the prompt did not finish in time           (+ TransientError)
     │   ├── ComfyConnectionError     ComfyUI cannot be reached or dropped us     (+ TransientError)
     │   └── InputImageError          an input image is missing, too large or not PNG/JPEG/WebP
-    └── FalError                     fal.ai's queue API failed (transient ones + TransientError)
+    ├── FalError                     fal.ai's queue API failed (transient ones + TransientError)
+    └── FleetError                   renting, listing or releasing GPU instances failed
+        └── VastError                vast.ai's REST API refused or failed (never names the key)
+            ├── VastAuthError        401/403: VAST_API_KEY missing, wrong or under-scoped
+            ├── VastUnavailable      connection drop, timeout, 5xx               (+ TransientError)
+            │   └── VastRateLimited  429 after the bounded retries; ``retry_after`` seconds
+            ├── OfferGone            the offer was rented by someone else (404/410 no_such_ask)
+            ├── InsufficientCredit   the account lacks credit (missing_billing)
+            └── InstanceNotFound     no such instance (destroyed, or another account's)
 """
 
 from __future__ import annotations
@@ -359,3 +367,53 @@ class FalError(ComfyfleetError):
 
 class FalUnavailable(FalError, TransientError):
     """fal.ai is unreachable or answered 5xx/429."""
+
+
+# ---------------------------------------------------------------- fleet (vast.ai)
+
+
+class FleetError(ComfyfleetError):
+    """Renting, listing or releasing GPU instances failed."""
+
+
+class VastError(FleetError):
+    """vast.ai's API refused or failed; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0, hint: str | None = None) -> None:
+        self.status = status
+        super().__init__(message, hint=hint)
+
+
+class VastAuthError(VastError):
+    """401/403: the API key is missing, wrong, expired or lacks the permission."""
+
+
+class VastUnavailable(VastError, TransientError):
+    """vast.ai could not be reached, timed out or answered 5xx."""
+
+
+class VastRateLimited(VastUnavailable):
+    """429 after the client's bounded retries; ``retry_after`` is the server's wait, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, hint=hint)
+
+
+class OfferGone(VastError):
+    """The offer can no longer be rented (taken by someone else): pick the next one."""
+
+
+class InsufficientCredit(VastError):
+    """The vast.ai account lacks credit to rent (or start) an instance."""
+
+
+class InstanceNotFound(VastError):
+    """No instance with this id on the account (destroyed already, or never existed)."""

@@ -18,6 +18,7 @@ from blocks import (
     ComfyUIEndpoint,
     FalCredentials,
     SourceTokens,
+    VastCredentials,
 )
 from comfyfleet.cli import main
 from comfyfleet.cli.stores import resolve_store
@@ -129,6 +130,7 @@ def test_saved_block_is_loaded_by_name(
         SourceTokens,
         ComfyUIEndpoint,
         FalCredentials,
+        VastCredentials,
     }
     for cls in exported:
         cls.register_type_and_schema(_sync=True)

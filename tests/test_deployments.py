@@ -11,7 +11,7 @@ from prefect.flows import load_flow_from_entrypoint
 from deployments.pools import POOLS, ensure_pools
 from deployments.serve import load_deployments, to_runner_deployments
 
-EXPECTED = {"mirror-refresh", "mirror", "warmup", "generate-batch"}
+EXPECTED = {"mirror-refresh", "mirror", "warmup", "generate-batch", "fleet-reaper"}
 
 
 def test_prefect_yaml_names_the_four_deployments() -> None:

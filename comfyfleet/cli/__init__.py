@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from comfyfleet.cli import (
         catalog_cmd,
         generate_cmd,
+        instances_cmd,
         lora_cmd,
         mirror_cmd,
         render_cmd,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_cmd,
         warmup_cmd,
         render_cmd,
+        instances_cmd,
     ):
         module.register(sub)
     return parser

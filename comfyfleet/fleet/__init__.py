@@ -1,0 +1,22 @@
+"""The fleet: rent GPU instances on vast.ai, see what runs and what it costs, release them.
+
+- :mod:`comfyfleet.fleet.vast`: the REST client and the typed ``Offer``/``Instance`` records.
+- :mod:`comfyfleet.fleet.offers`: the search query and the ranking ($/h per GB of VRAM).
+- :mod:`comfyfleet.fleet.rent`: ``instances up``: rent N offers with the on-start script,
+  take the next offer when one is gone, destroy what was rented when renting fails.
+- :mod:`comfyfleet.fleet.cost`: $/h x uptime, per instance and summed.
+- :mod:`comfyfleet.fleet.listing`: one row per instance (status, $/h, uptime, cost, endpoint).
+- :mod:`comfyfleet.fleet.release`: destroy many, with the outcome of each.
+- :mod:`comfyfleet.fleet.reaper`: which instances of a fleet to destroy (failed, stuck,
+  idle, old) and one reaper pass.
+
+Fleet membership is the label ``comfyfleet:<fleet>`` (:mod:`comfyfleet.fleet.labels`). No
+module here imports Prefect: ``flows/fleet.py`` and ``comfyfleet/cli/instances_cmd.py`` are
+the two faces over the same functions.
+"""
+
+from __future__ import annotations
+
+from comfyfleet.fleet.labels import FLEET_LABEL_PREFIX, fleet_label, fleet_of
+
+__all__ = ["FLEET_LABEL_PREFIX", "fleet_label", "fleet_of"]

@@ -1,0 +1,168 @@
+"""The reaper: one pass over the vast.ai test server (library), the ``fleet-reaper`` flow
+on Prefect's real engine with its artifacts, and its deployment (cron every 10 minutes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+
+from comfyfleet.errors import FleetError, VastUnavailable
+from comfyfleet.fleet.reaper import ReapPolicy, reap
+from comfyfleet.fleet.vast import VastClient, VastSettings
+from deployments.serve import load_deployments
+from tests.doubles.vast import TEST_KEY, FakeVast
+
+HOUR = 3600.0
+
+
+def rent(vast: FakeVast, label: str, **offer: Any) -> int:
+    o = vast.add_offer(**offer)
+    return VastClient().create_instance(o["id"], image="img", disk_gb=72, label=label,
+                                        onstart="", env={})  # fmt: skip
+
+
+def scene(vast: FakeVast) -> dict[str, int]:
+    """Five instances: three to reap, one working, one not comfyfleet's."""
+    ids = {
+        "orphan": rent(vast, "comfyfleet:night", dph_base=0.50),  # batch died: idle 2 h
+        "crashed": rent(vast, "comfyfleet:night", dph_base=0.30),
+        "ancient": rent(vast, "comfyfleet:day", dph_base=1.00),  # busy, but 13 h old
+        "working": rent(vast, "comfyfleet:night", dph_base=0.40),
+        "notebook": rent(vast, "my-notebook", dph_base=2.00),  # idle for days: not ours
+    }
+    vast.backdate(ids["orphan"], 2 * HOUR)
+    vast.backdate(ids["crashed"], 0.1 * HOUR)
+    vast.set_status(ids["crashed"], "exited", "Error response from daemon: OCI runtime")
+    vast.backdate(ids["ancient"], 13 * HOUR)
+    vast.instances[ids["ancient"]].gpu_util = 0.97
+    vast.backdate(ids["working"], 3 * HOUR)
+    vast.instances[ids["working"]].gpu_util = 0.88
+    vast.backdate(ids["notebook"], 72 * HOUR)
+    return ids
+
+
+def test_one_pass_destroys_failed_idle_and_old_only(vast: FakeVast) -> None:
+    ids = scene(vast)
+    client = VastClient()
+    report = reap(client, ReapPolicy(), now=vast.now())
+    assert report.checked == 4  # the notebook is not a comfyfleet instance
+    reasons = {d.instance.id: d.reason for d in report.decisions}
+    assert reasons == {ids["orphan"]: "idle", ids["crashed"]: "failed", ids["ancient"]: "max-age"}
+    assert set(vast.instances) == {ids["working"], ids["notebook"]}
+    dph = {i: round(0.0 + vast.destroyed[i].offer["dph_base"] + 0.15 * 72 / 720, 6)
+           for i in reasons}  # fmt: skip
+    assert report.dph_stopped == pytest.approx(sum(dph.values()))
+    assert report.cost_so_far_usd == pytest.approx(
+        dph[ids["orphan"]] * 2 + dph[ids["crashed"]] * 0.1 + dph[ids["ancient"]] * 13, rel=1e-3
+    )
+    # A fleet scope only looks at that fleet.
+    again = reap(client, ReapPolicy(idle_s=60), now=vast.now(), fleet="day")
+    assert again.checked == 0 and again.decisions == []
+
+
+def test_dry_run_destroys_nothing(vast: FakeVast) -> None:
+    scene(vast)
+    report = reap(VastClient(), ReapPolicy(), now=vast.now(), dry_run=True)
+    assert len(report.decisions) == 3 and report.destroyed == [] and len(vast.instances) == 5
+
+
+def test_failures_are_reported_after_the_pass(vast: FakeVast) -> None:
+    ids = scene(vast)
+    vast.fail(503, times=50, method="DELETE", path=str(ids["orphan"]))
+    client = VastClient(settings=VastSettings(max_attempts=1))
+    report = reap(client, ReapPolicy(), now=vast.now())
+    assert len(report.destroyed) == 2 and list(report.released.failed) == [ids["orphan"]]
+    with pytest.raises(VastUnavailable, match=f"2 of 3.*{ids['orphan']}"):
+        report.raise_for_failures()
+    vast.clear_faults()
+    vast.fail(403, times=5, method="DELETE")
+    report = reap(client, ReapPolicy(), now=vast.now())
+    with pytest.raises(FleetError) as caught:
+        report.raise_for_failures()
+    assert not isinstance(caught.value, VastUnavailable)
+    assert f"instances down {ids['orphan']}" in (caught.value.hint or "")
+
+
+def test_deployment_runs_every_10_minutes_one_at_a_time() -> None:
+    spec = {d["name"]: d for d in load_deployments()}["fleet-reaper"]
+    (schedule,) = spec["schedules"]
+    assert schedule["cron"] == "*/10 * * * *"
+    assert spec["concurrency_limit"]["collision_strategy"] == "CANCEL_NEW"
+    assert spec["parameters"]["vast_block"] == "comfyfleet-vast"
+
+
+def artifacts_of(flow_run_id: UUID) -> dict[str, list[Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_type: dict[str, list[Any]] = {}
+    for artifact in found:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    return by_type
+
+
+@pytest.mark.flow
+def test_flow_reaps_and_reports_the_money_saved(
+    prefect_harness: None,
+    vast: FakeVast,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from flows.fleet import fleet_reaper
+
+    caplog.set_level(logging.DEBUG)
+    # Prefect's loggers do not propagate to the root: listen on them directly.
+    prefect_logger = logging.getLogger("prefect")
+    caplog.set_level(logging.INFO, logger="prefect")
+    prefect_logger.addHandler(caplog.handler)
+    try:
+        ids = scene(vast)
+        state = fleet_reaper(return_state=True)
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
+    assert state.is_completed(), state
+    summary = state.result()
+    destroyed = {ids["orphan"], ids["crashed"], ids["ancient"]}
+    assert set(summary["destroyed"]) == destroyed and summary["checked"] == 4
+    assert set(vast.instances) == {ids["working"], ids["notebook"]}
+    arts = artifacts_of(state.state_details.flow_run_id)
+    (table,) = arts["table"]
+    assert table.key == "fleet-reaper-all"
+    rows = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
+    assert {(r["instance"], r["reason"], r["outcome"]) for r in rows} == {
+        (ids["orphan"], "idle", "destroyed"),
+        (ids["crashed"], "failed", "destroyed"),
+        (ids["ancient"], "max-age", "destroyed"),
+    }
+    (markdown,) = arts["markdown"]
+    text = str(markdown.data)
+    assert f"${summary['dph_stopped']:.3f}/h stops being billed" in text
+    assert "destroyed 3" in text and "failed 1, idle 1, max-age 1" in text
+    assert TEST_KEY not in json.dumps([str(a.data) for a in arts["table"] + arts["markdown"]])
+    # Every captured output: the run's logs (Prefect's console handler) and anything else.
+    out, err = capfd.readouterr()
+    captured = caplog.text + out + err
+    assert f"instance {ids['orphan']}: idle" in captured and TEST_KEY not in captured
+
+
+@pytest.mark.flow
+def test_flow_dry_run_for_one_fleet(prefect_harness: None, vast: FakeVast) -> None:
+    from flows.fleet import fleet_reaper
+
+    ids = scene(vast)
+    state = fleet_reaper(fleet="night", dry_run=True, max_age_hours=None, return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["destroyed"] == [] and len(vast.instances) == 5
+    assert set(summary["would_destroy"]) == {ids["orphan"], ids["crashed"]}
+    arts = artifacts_of(state.state_details.flow_run_id)
+    assert "would destroy 2" in str(arts["markdown"][0].data)
