@@ -39,9 +39,18 @@ def test_refresh_is_scheduled_daily_and_warmup_is_triggered() -> None:
     assert (dom, month, dow) == ("*", "*", "*") and hour.isdigit() and minute.isdigit()
     (trigger,) = specs["warmup"]["triggers"]
     assert trigger["expect"] == ["comfyfleet.instance.started"]
-    from comfyfleet.render.assets import EVENT_STARTED
 
-    assert EVENT_STARTED in trigger["expect"]
+
+def test_warmup_trigger_matches_the_event_the_onstart_script_emits() -> None:
+    """prefect.yaml cannot import a constant: it is checked against comfyfleet.render.events."""
+    from comfyfleet.render import events
+
+    (trigger,) = {d["name"]: d for d in load_deployments()}["warmup"]["triggers"]
+    assert trigger["expect"] == [events.INSTANCE_STARTED]
+    assert trigger["match"] == {"prefect.resource.id": f"{events.INSTANCE_RESOURCE_PREFIX}*"}
+    assert trigger["parameters"] == {
+        key: f"{{{{ event.payload.{key} }}}}" for key in events.TRIGGER_PARAMETER_KEYS
+    }
 
 
 def test_serve_builds_the_same_deployments_from_the_yaml() -> None:
