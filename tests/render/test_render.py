@@ -521,3 +521,23 @@ def test_template_rendering_is_strict() -> None:
         render_text("@@a@@ @@b@@", {"a": "1"})
     with pytest.raises(ValueError, match=r"unused \['z'\]"):
         render_text("@@a@@", {"a": "1", "z": "2"})
+
+
+def test_render_json_is_one_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert main(["render", "onstart", "--profile", "image", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["what"] == "onstart" and doc["output"] is None
+    assert doc["text"] == render_onstart(OnstartSettings(profile="image"))
+    assert doc["sha256"] == hashlib.sha256(doc["text"].encode()).hexdigest()
+    assert doc["settings"]["profile"] == "image"
+
+    out = tmp_path / "Dockerfile"
+    argv = ["render", "dockerfile", "--profile", "image", "--output", str(out), "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["what"] == "dockerfile" and doc["output"] == str(out) and doc["text"] is None
+    assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [n["commit"] for n in doc["settings"]["nodes"]] == [n.commit for n in CUSTOM_NODES]
