@@ -235,3 +235,21 @@ def test_a_flow_naming_a_missing_store_block_gets_block_not_found(prefect_harnes
     ComfyfleetStore.register_type_and_schema(_sync=True)
     with pytest.raises(BlockNotFound, match="no comfyfleet-store block named 'absent-"):
         open_flow_store(None, f"absent-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.mark.flow
+def test_tokens_come_from_the_environment_unless_a_block_is_named(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tokens block named: no block is loaded at all. Named: it is required."""
+    from flows._common import load_tokens
+
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    real_load = blocks.load
+    monkeypatch.setattr(blocks, "load", lambda *a: pytest.fail(f"loaded a block: {a}"))
+    tokens = load_tokens(None)
+    assert (tokens.hf, tokens.civitai) == ("hf_from_env", None)
+    monkeypatch.setattr(blocks, "load", real_load)
+    SourceTokens.register_type_and_schema(_sync=True)
+    with pytest.raises(BlockNotFound, match="no comfyfleet-source-tokens block named 'absent-"):
+        load_tokens(f"absent-{uuid.uuid4().hex[:6]}")

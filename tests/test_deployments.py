@@ -148,3 +148,33 @@ def test_serve_next_to_prefect_deploy_leaves_the_deployed_ones_alone(
     for deployment in beside.runners:
         runner.add_deployment(deployment)
     assert _deployment_facts(twins) == before
+
+
+def _readme_prefect_section() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("## Prefect deployments")
+    end = readme.index("\n## ", start + 1)
+    return readme[start:end]
+
+
+def test_no_deployment_requires_a_block_it_may_not_need() -> None:
+    """Issue 9 item 21: a missing tokens block failed every file, URL sources included.
+    Only the store block is named by default: every run needs a store."""
+    for spec in load_deployments():
+        named = {k for k in spec.get("parameters") or {} if k.endswith("_block")}
+        assert named <= {"store_block"}, (spec["name"], named)
+
+
+def test_readme_says_which_blocks_to_save_and_starts_a_worker_per_pool() -> None:
+    section = _readme_prefect_section()
+    pools = {spec["work_pool"]["name"] for spec in load_deployments()}
+    for pool in pools:
+        assert f"prefect worker start --pool {pool}" in section, pool
+    for spec in load_deployments():
+        assert f"`{spec['name']}`" in section, spec["name"]
+        for key, value in (spec.get("parameters") or {}).items():
+            if key.endswith("_block"):
+                assert f'.save("{value}")' in section, (spec["name"], key)
+    assert "prefect block register -m blocks" in section
