@@ -13,6 +13,7 @@ from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
 from comfyfleet.cli.common import add_catalog_option, add_json_option, print_json
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
+from comfyfleet.render import events
 from comfyfleet.render.assets import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="cli",
         help="cli: run `comfyfleet warmup` here (default); flow: run the `warmup` flow here, "
         "recorded by the Prefect server at PREFECT_API_URL; worker: start a Prefect worker "
-        "and emit comfyfleet.instance.started for the event-triggered `warmup` deployment "
+        f"and emit {events.INSTANCE_STARTED} for the event-triggered `warmup` deployment "
         "(one instance per work pool)",
     )
     o.add_argument("--work-pool", default="comfyfleet-gpu", metavar="NAME")

@@ -541,3 +541,26 @@ def test_render_json_is_one_document(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert doc["what"] == "dockerfile" and doc["output"] == str(out) and doc["text"] is None
     assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert [n["commit"] for n in doc["settings"]["nodes"]] == [n.commit for n in CUSTOM_NODES]
+
+
+def test_event_names_are_spelled_only_in_the_events_module() -> None:
+    """Issue 8: the warm-up event and its payload keys were spelled in three places. In the
+    start-up assets, the CLI that renders them and the serve helper, only events.py does."""
+    repo = Path(__file__).resolve().parents[2]
+    spelled = re.compile(r"comfyfleet\.(instance\.|warmup\.finished)|event\.payload\.")
+    owned = [
+        *sorted((repo / "comfyfleet" / "render").rglob("*.py")),
+        *sorted((repo / "comfyfleet" / "render" / "templates").iterdir()),
+        repo / "comfyfleet" / "cli" / "render_cmd.py",
+        *sorted((repo / "deployments").glob("*.py")),
+    ]
+    offenders = []
+    for path in owned:
+        if path.name == "events.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            # docstrings may name an event; code and templates may not
+            if spelled.search(code) and '"""' not in code and "``" not in code:
+                offenders.append(f"{path.relative_to(repo)}:{number}: {line.strip()}")
+    assert offenders == []
