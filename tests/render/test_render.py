@@ -359,6 +359,34 @@ def test_onstart_steps_module() -> None:
     assert done.returncode == 1 and "summary:" in done.stderr and not done.stdout
 
 
+def test_a_run_that_does_not_report_never_passes_off_the_last_report(tmp_path: Path) -> None:
+    """A reboot whose warm-up dies before writing its report must not print, or emit as
+    this run's result, the report an earlier run left behind."""
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    home = tmp_path / "home"
+    calls = _stub_venv(home)
+    # This run's comfyfleet answers --version, then dies without a report (exit 3).
+    dying = home / "venv" / "bin" / "comfyfleet"
+    dying.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo comfyfleet 0; exit 0; }\nexit 3\n')
+    earlier = {"ok": True, "record": {"verdict": "PASS", "total_s": 1.0, "target_s": 300}}
+    (home / "warmup-report.json").write_text(json.dumps(earlier))
+    script = tmp_path / "onstart.sh"
+    script.write_text(render_onstart())
+    env = {
+        **_base_env(tmp_path),
+        "COMFYFLEET_HOME": str(home),
+        "COMFYFLEET_STORE": "s3://bucket/p",
+        "COMFY_ROOT": str(root),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    }
+    done = _run_onstart(script, env)
+    assert done.returncode == 3
+    assert "warm-up failed before it could report (exit 3)" in done.stderr
+    assert "warm-up PASS" not in done.stderr
+    assert not calls.exists() or calls.read_text() == ""  # no finished event for this run
+
+
 def test_onstart_without_a_store_says_what_to_set(tmp_path: Path) -> None:
     script = tmp_path / "onstart.sh"
     script.write_text(render_onstart())
