@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "into a ComfyUI image.",
     )
     what = parser.add_subparsers(dest="render_command", metavar="WHAT", required=True)
+    _register_onstart(what)
+    _register_dockerfile(what)
 
+
+def _register_onstart(what: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o = what.add_parser("onstart", help="the vast.ai on-start script (bash) on stdout")
     o.add_argument("--profile", default=AUTO_PROFILE, metavar="NAME|auto")
     o.add_argument("--mode", choices=["script", "baked"], default="script")
@@ -107,6 +111,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json_option(o)
     o.set_defaults(func=cmd_onstart)
 
+
+def _register_dockerfile(what: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = what.add_parser("dockerfile", help="a Dockerfile that bakes PROFILE into a ComfyUI image")
     d.add_argument("--profile", required=True, metavar="NAME")
     add_catalog_option(d)

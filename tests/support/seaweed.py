@@ -165,6 +165,52 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _write_s3_config(workdir: Path, access_key: str, secret_key: str) -> Path:
+    """The S3 identity file: one admin with the given credentials."""
+    config = workdir / "s3.json"
+    identity = {
+        "name": "admin",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    return config
+
+
+def _weed_command(
+    weed: str,
+    workdir: Path,
+    config: Path,
+    ports: dict[str, int],
+    sockets: Path,
+    *,
+    auto_create_bucket: bool,
+) -> list[str]:
+    """``weed mini`` on loopback, telemetry off, on ``ports``, logs in ``workdir``."""
+    return [
+        weed,
+        f"-logdir={workdir}",
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-s3.config={config}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={ports['s3']}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-admin.port={ports['admin']}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.autoCreateBucket={'true' if auto_create_bucket else 'false'}",
+    ]
+
+
 @contextlib.contextmanager
 def run_seaweedfs(
     workdir: str | os.PathLike[str],
@@ -184,51 +230,18 @@ def run_seaweedfs(
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     secret_key = secret_key or uuid.uuid4().hex
-    config = workdir / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "admin",
-                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
-                ]
-            }
-        )
-    )
+    config = _write_s3_config(workdir, access_key, secret_key)
     weed = find_weed()
     log_path = workdir / "weed.log"
     last_error: Exception | None = None
     # Ports are checked free, then bound by weed a moment later: another process may win
     # the race, so a failed start is retried on fresh ports.
     for _ in range(attempts):
-        s3, master, volume, filer, admin = free_port_pairs(5)
-        ports = dict(zip(_SERVICES, (master, volume, filer, s3, admin), strict=True))
+        ports = dict(zip(_SERVICES, free_port_pairs(len(_SERVICES)), strict=True))
         sockets = Path(tempfile.mkdtemp(prefix="weed-", dir="/tmp"))
-        cmd = [
-            weed,
-            f"-logdir={workdir}",
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            f"-s3.config={config}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.port={s3}",
-            f"-master.port={master}",
-            f"-volume.port={volume}",
-            f"-filer.port={filer}",
-            f"-admin.port={admin}",
-            f"-s3.localSocket={sockets / 's3.sock'}",
-            f"-filer.localSocket={sockets / 'filer.sock'}",
-            f"-s3.autoCreateBucket={'true' if auto_create_bucket else 'false'}",
-        ]
+        cmd = _weed_command(
+            weed, workdir, config, ports, sockets, auto_create_bucket=auto_create_bucket
+        )
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -240,7 +253,7 @@ def run_seaweedfs(
                 start_new_session=True,  # own process group: stop takes every child with it
             )
         server = SeaweedServer(
-            endpoint_url=f"http://127.0.0.1:{s3}",
+            endpoint_url=f"http://127.0.0.1:{ports['s3']}",
             access_key=access_key,
             secret_key=secret_key,
             region="us-east-1",
