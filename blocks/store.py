@@ -12,6 +12,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
+from blocks.loading import load
 from comfyfleet.store import LocalStore, ObjectStore, S3Store
 
 
@@ -20,13 +21,13 @@ class ComfyfleetStore(Block):
 
     Example:
         ```python
-        from blocks import ComfyfleetStore
+        from blocks import ComfyfleetStore, open_store_block
 
         ComfyfleetStore(
             bucket="models", endpoint_url="https://<account>.r2.cloudflarestorage.com",
             access_key_id="...", secret_access_key="...",
         ).save("mirror")
-        store = ComfyfleetStore.load("mirror").open()
+        store = open_store_block("mirror")  # load(ComfyfleetStore, "mirror").open()
         ```
     """
 
@@ -88,3 +89,12 @@ class ComfyfleetStore(Block):
             session_token=self.session_token,
             region=self.region,
         )
+
+
+def open_store_block(name: str) -> ObjectStore:
+    """The store of the saved ``comfyfleet-store`` block ``name`` (or ``slug/name``).
+
+    What every flow's ``store_block`` and the CLI's ``--store-block`` open: loaded through
+    :func:`blocks.load`, so a missing block raises ``BlockNotFound`` naming how to save it.
+    """
+    return load(ComfyfleetStore, name).open()

@@ -418,7 +418,8 @@ def _error_text(err: ErrorDetails) -> str:
     return str(err["msg"])
 
 
-def _load_one(path: Path) -> tuple[list[ModelFile], dict[str, Profile], list[str]]:
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of one catalog file (file-level problems raise)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -445,19 +446,26 @@ def _load_one(path: Path) -> tuple[list[ModelFile], dict[str, Profile], list[str
             f"{path}: expected a mapping with 'models' (and optionally 'profiles')",
             hint="see catalog/loras.example.yaml for the format",
         )
-    problems: list[str] = []
-    for key in raw:
-        if key not in _TOP_LEVEL_KEYS:
-            problems.append(
-                f"{path}: field '{key}': unknown top-level key "
-                f"(expected {', '.join(_TOP_LEVEL_KEYS)})"
-            )
+    return raw
+
+
+def _top_level_problems(path: Path, raw: dict[str, Any]) -> list[str]:
+    problems = [
+        f"{path}: field '{key}': unknown top-level key (expected {', '.join(_TOP_LEVEL_KEYS)})"
+        for key in raw
+        if key not in _TOP_LEVEL_KEYS
+    ]
     schema = raw.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         problems.append(
             f"{path}: field 'schema': unsupported schema {schema!r}; "
             f"this comfyfleet reads schema {SCHEMA_VERSION}"
         )
+    return problems
+
+
+def _parse_models(path: Path, raw: dict[str, Any], problems: list[str]) -> list[ModelFile]:
+    """The file's valid entries; each invalid one adds its problems to ``problems``."""
     models: list[ModelFile] = []
     entries: Any = raw.get("models") or []
     if not isinstance(entries, list):
@@ -474,35 +482,55 @@ def _load_one(path: Path) -> tuple[list[ModelFile], dict[str, Profile], list[str
                 problems.append(
                     f"{path}: entry {label}: field '{_field_name(err['loc'])}': {_error_text(err)}"
                 )
-    profiles: dict[str, Profile] = {}
+    return models
+
+
+def _parse_profile(where: str, pname: Any, pdata: Any, problems: list[str]) -> Profile | None:
+    """One profile of a file, or None (with its problems added to ``problems``)."""
+    if pname in (AUTO_PROFILE, FULL_PROFILE):
+        problems.append(
+            f"{where}: 'full' is reserved (it is {FULL_DESCRIPTION})"
+            if pname == FULL_PROFILE
+            else f"{where}: 'auto' is reserved (chosen on the instance from VRAM and disk)"
+        )
+        return None
+    if not PROFILE_RE.match(str(pname)):
+        problems.append(f"{where}: name must be letters, digits, '.', '_' or '-'")
+        return None
+    if not isinstance(pdata, dict | None):
+        problems.append(
+            f"{where}: must be a mapping, got a {type(pdata).__name__}; "
+            f"write it as `{pname}: {{models: [id, ...]}}`"
+        )
+        return None
+    try:
+        return Profile.model_validate(pdata or {})
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(profile)"
+            problems.append(f"{where}: field '{field}': {_error_text(err)}")
+        return None
+
+
+def _parse_profiles(path: Path, raw: dict[str, Any], problems: list[str]) -> dict[str, Profile]:
     raw_profiles: Any = raw.get("profiles") or {}
     if not isinstance(raw_profiles, dict):
         problems.append(f"{path}: field 'profiles': must be a mapping of name -> profile")
-        raw_profiles = {}
+        return {}
+    profiles: dict[str, Profile] = {}
     for pname, pdata in raw_profiles.items():
-        where = f"{path}: profile {pname}"
-        if pname in (AUTO_PROFILE, FULL_PROFILE):
-            problems.append(
-                f"{where}: 'full' is reserved (it is {FULL_DESCRIPTION})"
-                if pname == FULL_PROFILE
-                else f"{where}: 'auto' is reserved (chosen on the instance from VRAM and disk)"
-            )
-            continue
-        if not PROFILE_RE.match(str(pname)):
-            problems.append(f"{where}: name must be letters, digits, '.', '_' or '-'")
-            continue
-        if not isinstance(pdata, dict | None):
-            problems.append(
-                f"{where}: must be a mapping, got a {type(pdata).__name__}; "
-                f"write it as `{pname}: {{models: [id, ...]}}`"
-            )
-            continue
-        try:
-            profiles[str(pname)] = Profile.model_validate(pdata or {})
-        except ValidationError as exc:
-            for err in exc.errors():
-                field = ".".join(str(p) for p in err["loc"]) or "(profile)"
-                problems.append(f"{where}: field '{field}': {_error_text(err)}")
+        profile = _parse_profile(f"{path}: profile {pname}", pname, pdata, problems)
+        if profile is not None:
+            profiles[str(pname)] = profile
+    return profiles
+
+
+def _load_one(path: Path) -> tuple[list[ModelFile], dict[str, Profile], list[str]]:
+    """One catalog file: its valid entries and profiles, and every problem found."""
+    raw = _read_yaml(path)
+    problems = _top_level_problems(path, raw)
+    models = _parse_models(path, raw, problems)
+    profiles = _parse_profiles(path, raw, problems)
     return models, profiles, problems
 
 
@@ -586,123 +614,170 @@ def _bad_relative_path(value: str) -> bool:
     )
 
 
+def _hf_problems(where: str, field: str, src: HFSource) -> list[str]:
+    out: list[str] = []
+    if not HF_REPO_RE.match(src.repo):
+        out.append(f"{where}: field '{field}.repo': {src.repo!r} is not an 'owner/name' repo id")
+    if _bad_relative_path(src.path):
+        out.append(
+            f"{where}: field '{field}.path': {src.path!r} must be a file path inside the repo"
+        )
+    if not src.revision or any(c.isspace() for c in src.revision):
+        out.append(f"{where}: field '{field}.revision': must be a 40-hex commit (or a branch name)")
+    return out
+
+
+def _civitai_problems(where: str, field: str, src: CivitaiSource) -> list[str]:
+    out: list[str] = []
+    if src.version_id is None and not src.url:
+        out.append(f"{where}: field '{field}': civitai source needs version_id or url")
+    if src.url:
+        parsed = parse_civitai_url(src.url)
+        if parsed is None:
+            out.append(
+                f"{where}: field '{field}.url': {src.url.split('?', 1)[0]!r} is not a CivitAI "
+                "link (use https://civitai.com/models/<id>?modelVersionId=<version>)"
+            )
+        elif parsed[1] is not None and src.version_id not in (None, parsed[1]):
+            out.append(
+                f"{where}: field '{field}.version_id': {src.version_id} disagrees with the "
+                f"url's version {parsed[1]}; keep one of them"
+            )
+    if src.version_id is not None and src.version_id <= 0:
+        out.append(f"{where}: field '{field}.version_id': must be a positive number")
+    return out
+
+
 def _source_problems(
     where: str, field: str, src: HFSource | CivitaiSource | URLSource | S3Source
 ) -> list[str]:
-    out: list[str] = []
+    """Problems of one source (``field`` is ``source`` or ``alternates.<i>``)."""
     if isinstance(src, HFSource):
-        if not HF_REPO_RE.match(src.repo):
-            out.append(
-                f"{where}: field '{field}.repo': {src.repo!r} is not an 'owner/name' repo id"
-            )
-        if _bad_relative_path(src.path):
-            out.append(
-                f"{where}: field '{field}.path': {src.path!r} must be a file path inside the repo"
-            )
-        if not src.revision or any(c.isspace() for c in src.revision):
-            out.append(
-                f"{where}: field '{field}.revision': must be a 40-hex commit (or a branch name)"
-            )
-    elif isinstance(src, CivitaiSource):
-        if src.version_id is None and not src.url:
-            out.append(f"{where}: field '{field}': civitai source needs version_id or url")
-        if src.url:
-            parsed = parse_civitai_url(src.url)
-            if parsed is None:
-                out.append(
-                    f"{where}: field '{field}.url': {src.url.split('?', 1)[0]!r} is not a CivitAI "
-                    "link (use https://civitai.com/models/<id>?modelVersionId=<version>)"
-                )
-            elif parsed[1] is not None and src.version_id not in (None, parsed[1]):
-                out.append(
-                    f"{where}: field '{field}.version_id': {src.version_id} disagrees with the "
-                    f"url's version {parsed[1]}; keep one of them"
-                )
-        if src.version_id is not None and src.version_id <= 0:
-            out.append(f"{where}: field '{field}.version_id': must be a positive number")
-    elif isinstance(src, URLSource):
+        return _hf_problems(where, field, src)
+    if isinstance(src, CivitaiSource):
+        return _civitai_problems(where, field, src)
+    if isinstance(src, URLSource):
         if not src.url.startswith(("https://", "http://")):
-            out.append(f"{where}: field '{field}.url': must start with https://")
-    elif not src.url.startswith("s3://") or len(src.url) <= len("s3://"):
-        out.append(f"{where}: field '{field}.url': must look like s3://bucket/key")
+            return [f"{where}: field '{field}.url': must start with https://"]
+        return []
+    if not src.url.startswith("s3://") or len(src.url) <= len("s3://"):
+        return [f"{where}: field '{field}.url': must look like s3://bucket/key"]
+    return []
+
+
+def _name_problems(where: str, model: ModelFile) -> list[str]:
+    """The entry's id, ComfyUI folder and file name."""
+    out: list[str] = []
+    if not ID_RE.match(model.id):
+        out.append(f"{where}: field 'id': must be lowercase letters, digits, '.', '_' or '-'")
+    if model.folder not in KNOWN_FOLDERS:
+        out.append(
+            f"{where}: field 'folder': unknown ComfyUI folder {model.folder!r} "
+            f"(known: {', '.join(sorted(KNOWN_FOLDERS))})"
+        )
+    if _bad_relative_path(model.file):
+        out.append(f"{where}: field 'file': {model.file!r} must be a relative path without '..'")
+    return out
+
+
+def _identity_problems(where: str, model: ModelFile) -> list[str]:
+    """The entry's sha256, size, size estimate and VRAM need, and its verified claim."""
+    out: list[str] = []
+    if model.sha256 is not None and not SHA256_RE.match(model.sha256):
+        out.append(
+            f"{where}: field 'sha256': must be 64 hex characters, got {len(model.sha256)}"
+            + ("" if len(model.sha256) != 64 else " with non-hex characters")
+        )
+    if model.size is not None and model.size <= 0:
+        out.append(f"{where}: field 'size': must be a positive number of bytes")
+    if model.size_estimate is not None:
+        if model.size is not None:
+            out.append(f"{where}: field 'size_estimate': drop it, the exact size is known")
+        elif model.size_estimate <= 0:
+            out.append(f"{where}: field 'size_estimate': must be a positive number")
+    if model.min_vram_gb < 0:
+        out.append(f"{where}: field 'min_vram_gb': must be 0 or more")
+    if model.verified in VERIFIED_STATES:
+        for fname, value in (("sha256", model.sha256), ("size", model.size)):
+            if value is None:
+                out.append(
+                    f"{where}: field '{fname}': missing, but the entry is marked "
+                    f"{model.verified}; add it or mark the entry unverified"
+                )
+    return out
+
+
+def _entry_profile_problems(where: str, model: ModelFile) -> list[str]:
+    """The profile names an entry lists."""
+    out: list[str] = []
+    for pname in model.profiles:
+        if pname == AUTO_PROFILE:
+            out.append(f"{where}: field 'profiles': 'auto' is chosen, not listed")
+        elif not PROFILE_RE.match(pname):
+            out.append(
+                f"{where}: field 'profiles': {pname!r} must be letters, digits, '.', '_' or '-'"
+            )
+    return out
+
+
+def _entry_problems(model: ModelFile) -> list[str]:
+    """Every problem one entry has on its own (fields, sources, profile names)."""
+    where = f"{model.origin}: entry {model.id}"
+    out = _name_problems(where, model) + _identity_problems(where, model)
+    out += _source_problems(where, "source", model.source)
+    for i, alt in enumerate(model.alternates):
+        out += _source_problems(where, f"alternates.{i}", alt)
+    return out + _entry_profile_problems(where, model)
+
+
+def _target_problems(catalog: Catalog) -> list[str]:
+    """Entries that would write the same file (ComfyUI folders are case-insensitive here)."""
+    out: list[str] = []
+    targets: dict[str, ModelFile] = {}
+    for model in catalog.models.values():
+        other = targets.setdefault(model.key.lower(), model)
+        if other is not model:
+            out.append(
+                f"{model.origin}: entry {model.id}: field 'file': writes {model.key}, the same "
+                f"target as entry {other.id} ({other.origin}); rename one of them"
+            )
+    return out
+
+
+def _profile_problems(catalog: Catalog, pname: str, profile: Profile) -> list[str]:
+    """A profile's unknown model ids, unknown includes and VRAM need."""
+    origin = ", ".join(catalog.profile_origins.get(pname, [])) or "(catalog)"
+    where = f"{origin}: profile {pname}"
+    out = [
+        f"{where}: field 'models': unknown model id {mid!r}"
+        for mid in profile.models
+        if mid not in catalog.models
+    ]
+    for inc in profile.includes:
+        if inc not in catalog.profiles and inc != FULL_PROFILE:
+            extra = (
+                f" (it is built in: add `--catalog {BUILTIN_CATALOG}`)"
+                if inc in BUILTIN_PROFILES
+                else ""
+            )
+            out.append(f"{where}: field 'includes': unknown profile {inc!r}{extra}")
+    if profile.min_vram_gb < 0:
+        out.append(f"{where}: field 'min_vram_gb': must be 0 or more")
     return out
 
 
 def validate_catalog(catalog: Catalog) -> list[str]:
-    """Every cross-entry and field problem, one line each (empty list = valid)."""
+    """Every cross-entry and field problem, one line each (empty list = valid).
+
+    Per entry (in catalog order): name, identity, sources, profile names; then entries
+    sharing a target file; then each profile.
+    """
     problems: list[str] = []
-    targets: dict[str, ModelFile] = {}
     for model in catalog.models.values():
-        where = f"{model.origin}: entry {model.id}"
-        if not ID_RE.match(model.id):
-            problems.append(
-                f"{where}: field 'id': must be lowercase letters, digits, '.', '_' or '-'"
-            )
-        if model.folder not in KNOWN_FOLDERS:
-            problems.append(
-                f"{where}: field 'folder': unknown ComfyUI folder {model.folder!r} "
-                f"(known: {', '.join(sorted(KNOWN_FOLDERS))})"
-            )
-        if _bad_relative_path(model.file):
-            problems.append(
-                f"{where}: field 'file': {model.file!r} must be a relative path without '..'"
-            )
-        if model.sha256 is not None and not SHA256_RE.match(model.sha256):
-            problems.append(
-                f"{where}: field 'sha256': must be 64 hex characters, got {len(model.sha256)}"
-                + ("" if len(model.sha256) != 64 else " with non-hex characters")
-            )
-        if model.size is not None and model.size <= 0:
-            problems.append(f"{where}: field 'size': must be a positive number of bytes")
-        if model.size_estimate is not None:
-            if model.size is not None:
-                problems.append(f"{where}: field 'size_estimate': drop it, the exact size is known")
-            elif model.size_estimate <= 0:
-                problems.append(f"{where}: field 'size_estimate': must be a positive number")
-        if model.min_vram_gb < 0:
-            problems.append(f"{where}: field 'min_vram_gb': must be 0 or more")
-        if model.verified in VERIFIED_STATES:
-            for fname, value in (("sha256", model.sha256), ("size", model.size)):
-                if value is None:
-                    problems.append(
-                        f"{where}: field '{fname}': missing, but the entry is marked "
-                        f"{model.verified}; add it or mark the entry unverified"
-                    )
-        problems.extend(_source_problems(where, "source", model.source))
-        for i, alt in enumerate(model.alternates):
-            problems.extend(_source_problems(where, f"alternates.{i}", alt))
-        target = model.key.lower()
-        if target in targets:
-            other = targets[target]
-            problems.append(
-                f"{where}: field 'file': writes {model.key}, the same target as entry "
-                f"{other.id} ({other.origin}); rename one of them"
-            )
-        else:
-            targets[target] = model
-        for pname in model.profiles:
-            if pname == AUTO_PROFILE:
-                problems.append(f"{where}: field 'profiles': 'auto' is chosen, not listed")
-            elif not PROFILE_RE.match(pname):
-                problems.append(
-                    f"{where}: field 'profiles': {pname!r} must be letters, digits, '.', '_' or '-'"
-                )
+        problems += _entry_problems(model)
+    problems += _target_problems(catalog)
     for pname, profile in catalog.profiles.items():
-        origin = ", ".join(catalog.profile_origins.get(pname, [])) or "(catalog)"
-        where = f"{origin}: profile {pname}"
-        for mid in profile.models:
-            if mid not in catalog.models:
-                problems.append(f"{where}: field 'models': unknown model id {mid!r}")
-        for inc in profile.includes:
-            if inc not in catalog.profiles and inc != FULL_PROFILE:
-                extra = (
-                    f" (it is built in: add `--catalog {BUILTIN_CATALOG}`)"
-                    if inc in BUILTIN_PROFILES
-                    else ""
-                )
-                problems.append(f"{where}: field 'includes': unknown profile {inc!r}{extra}")
-        if profile.min_vram_gb < 0:
-            problems.append(f"{where}: field 'min_vram_gb': must be 0 or more")
+        problems += _profile_problems(catalog, pname, profile)
     return problems
 
 

@@ -31,9 +31,9 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
 def open_flow_store(store: str | None, store_block: str | None) -> ObjectStore:
     """The store a flow names: a ``comfyfleet-store`` block, else a URI (else the default)."""
     if store_block:
-        from comfyfleet.cli.stores import load_store_block
+        from blocks import open_store_block
 
-        return load_store_block(store_block)
+        return open_store_block(store_block)
     return open_store(store)
 
 

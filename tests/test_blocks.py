@@ -179,3 +179,79 @@ def test_load_names_the_missing_block_its_type_and_how_to_save_it(
     assert error.message.startswith(f"no {slug} block named 'nope-")
     assert f"{block_type.__name__}(...).save(" in (error.hint or "")
     assert "prefect block register -m blocks" in (error.hint or "")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _calls_and_imports(path: Path) -> tuple[list[str], set[str]]:
+    """(``X.load``/``X.aload`` call sites as ``X.attr``, imported module names) of a file."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    calls: list[str] = []
+    imports: set[str] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("load", "aload")
+            and isinstance(node.func.value, ast.Name)
+        ):
+            calls.append(f"{node.func.value.id}.{node.func.attr}")
+        elif isinstance(node, ast.Import):
+            imports.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imports.add(node.module)
+    return calls, imports
+
+
+def test_blocks_are_loaded_only_through_blocks_load() -> None:
+    """Issue 8 item 3: no flow, block module, deployment or CLI module calls a block class's
+    own ``load``; only blocks/loading.py does (json/yaml loaders are not blocks)."""
+    files = [
+        p
+        for folder in ("flows", "blocks", "deployments", "comfyfleet/cli")
+        for p in sorted((ROOT / folder).glob("*.py"))
+        if p.name != "loading.py"
+    ]
+    direct = {
+        str(p.relative_to(ROOT)): [
+            c for c in _calls_and_imports(p)[0] if not c.startswith(("json.", "yaml."))
+        ]
+        for p in files
+    }
+    assert {k: v for k, v in direct.items() if v} == {}
+
+
+def test_flow_helpers_and_blocks_never_import_the_cli() -> None:
+    for path in [ROOT / "flows" / "_common.py", *sorted((ROOT / "blocks").glob("*.py"))]:
+        imports = _calls_and_imports(path)[1]
+        assert not {i for i in imports if i.startswith("comfyfleet.cli")}, path
+
+
+@pytest.mark.flow
+def test_a_flow_naming_a_missing_store_block_gets_block_not_found(prefect_harness: None) -> None:
+    from flows._common import open_flow_store
+
+    ComfyfleetStore.register_type_and_schema(_sync=True)
+    with pytest.raises(BlockNotFound, match="no comfyfleet-store block named 'absent-"):
+        open_flow_store(None, f"absent-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.mark.flow
+def test_tokens_come_from_the_environment_unless_a_block_is_named(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tokens block named: no block is loaded at all. Named: it is required."""
+    from flows._common import load_tokens
+
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    real_load = blocks.load
+    monkeypatch.setattr(blocks, "load", lambda *a: pytest.fail(f"loaded a block: {a}"))
+    tokens = load_tokens(None)
+    assert (tokens.hf, tokens.civitai) == ("hf_from_env", None)
+    monkeypatch.setattr(blocks, "load", real_load)
+    SourceTokens.register_type_and_schema(_sync=True)
+    with pytest.raises(BlockNotFound, match="no comfyfleet-source-tokens block named 'absent-"):
+        load_tokens(f"absent-{uuid.uuid4().hex[:6]}")

@@ -527,3 +527,22 @@ def test_a_profile_written_as_a_list_says_how_to_write_it(tmp_path: Path) -> Non
         f"{path}: profile mine: must be a mapping, got a list; "
         "write it as `mine: {models: [id, ...]}`"
     ]
+
+
+def test_validation_is_carved_into_short_checks() -> None:
+    """Issue 8 item 7: no function of catalog.py over ~80 lines (validate_catalog was 31
+    branches in one body; each concern is its own check now)."""
+    import ast
+    import inspect
+
+    import comfyfleet.catalog as catalog_module
+
+    tree = ast.parse(inspect.getsource(catalog_module))
+    long = {
+        node.name: node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 80
+    }
+    assert long == {}

@@ -248,3 +248,47 @@ def test_show_json_and_unknown_id(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "catalog", "show", "no-such-model")
     assert code == 2 and out == ""
     assert err.splitlines()[0] == "error: unknown model id 'no-such-model'"
+
+
+def test_validate_json_is_one_document_with_problems_and_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["catalog", "validate", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True and result["problems"] == [] and result["strict"] is False
+    assert result["models"] > 0 and result["profiles"] >= 4
+    assert all(isinstance(w, str) for w in result["warnings"])
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models:\n  - {id: x, name: X, kind: lora, folder: nowhere, file: x.safetensors,\n"
+        "     source: {type: url, url: 'https://example.com/x.safetensors'}}\n"
+    )
+    assert main(["catalog", "validate", "--json", "--catalog", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["ok"] is False and err == ""
+    assert any("unknown ComfyUI folder 'nowhere'" in p for p in result["problems"])
+    # --strict moves the warnings (here: unknown sha256) into the problems.
+    assert main(["catalog", "validate", "--json", "--strict", "--catalog", str(bad)]) == 2
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["warnings"] == [] and len(strict["problems"]) > len(result["problems"])
+
+
+def test_shipped_catalog_strict_failures_are_each_explained_in_the_readme(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 9 item 17: `catalog validate --strict` on the shipped catalog either passes or
+    the README's `catalog validate` row names every entry that fails it (and why)."""
+    code = main(["catalog", "validate", "--strict", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    failing = {re.search(r": entry ([^:]+): ", p).group(1) for p in result["problems"]}  # type: ignore[union-attr]
+    assert code == (2 if failing else 0)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [
+        line for line in readme.splitlines() if line.startswith("| `comfyfleet catalog validate")
+    ]
+    named = set(re.findall(r"`([a-z0-9][a-z0-9._-]*)`", row))
+    assert failing <= named, f"not explained in the README: {sorted(failing - named)}"
+    known = set(load_catalog().models)
+    assert named & known == failing, "the README names entries that pass --strict now"

@@ -41,3 +41,35 @@ def test_numeric_options_refuse_nonsense_before_doing_anything(capsys) -> None: 
     for argv, message in cases:
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def _leaf_commands() -> list[tuple[str, object]]:
+    import argparse
+
+    from comfyfleet.cli import build_parser
+
+    found: list[tuple[str, object]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found.append((" ".join(path), parser))
+        for action in subs:
+            for name, child in action.choices.items():
+                walk(child, (*path, name))
+
+    walk(build_parser(), ())
+    return found
+
+
+def test_every_command_takes_json() -> None:
+    """The README says every command takes --json (issue 9 item 17: validate and render
+    did not)."""
+    leaves = _leaf_commands()
+    assert {"catalog validate", "render onstart", "render dockerfile"} <= {n for n, _ in leaves}
+    missing = [
+        name
+        for name, parser in leaves
+        if not any("--json" in a.option_strings for a in parser._actions)  # type: ignore[attr-defined]
+    ]
+    assert missing == []

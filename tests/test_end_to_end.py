@@ -16,6 +16,7 @@ import csv
 import functools
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -349,3 +350,42 @@ def test_module_entry_point_prints_the_version() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"comfyfleet {__version__}"
+
+
+# ------------------------------------------------------------- the test session itself
+
+
+@pytest.mark.flow
+@pytest.mark.s3
+def test_a_test_session_leaves_nothing_in_tmpdir_or_home(tmp_path: Path) -> None:
+    """Issue 9 item 18: a pytest run that draws a timeline (matplotlib), starts SeaweedFS and
+    a Prefect test server leaves its TMPDIR and HOME as it found them (empty here)."""
+    tmpdir, home = tmp_path / "tmpdir", tmp_path / "home"
+    tmpdir.mkdir()
+    home.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "TMPDIR": str(tmpdir)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/warmup/test_reports.py",
+            "tests/test_blocks.py::test_store_block_reaches_seaweedfs",
+            "tests/test_deployments.py::test_pools_are_created_once",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout
+    assert sorted(p.name for p in tmpdir.iterdir()) == []
+    assert sorted(p.name for p in home.iterdir()) == []

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="treat warnings (unpinned revisions, unknown sha256) as problems",
     )
+    add_json_option(p_validate)
     p_validate.set_defaults(func=cmd_validate)
 
     p_show = actions.add_parser("show", help="every field of one entry")
@@ -149,17 +150,35 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- validate
 
 
+def validation_result(catalog: Catalog, *, strict: bool) -> dict[str, Any]:
+    """What ``catalog validate`` found: problems (warnings among them with ``strict``)."""
+    problems = catalog.load_problems + validate_catalog(catalog)
+    warnings = catalog_warnings(catalog)
+    if strict:
+        problems, warnings = problems + warnings, []
+    return {
+        "ok": not problems,
+        "strict": strict,
+        "catalogs": catalog.sources,
+        "models": len(catalog.models),
+        "profiles": len(catalog.profile_names()),
+        "problems": problems,
+        "warnings": warnings,
+    }
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     # File-level failures (missing file, bad YAML) raise CatalogError: exit 2 via main().
     catalog = load_catalog(args.catalog, check=False)
+    result = validation_result(catalog, strict=args.strict)
+    code = 0 if result["ok"] else 2
+    if args.json:
+        print_json(result)
+        return code
     files = ", ".join(catalog.sources)
-    problems = catalog.load_problems + validate_catalog(catalog)
-    warnings = catalog_warnings(catalog)
-    if args.strict:
-        problems += warnings
-        warnings = []
-    for line in warnings:
+    for line in result["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
+    problems = result["problems"]
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
@@ -168,12 +187,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "hint: fix the fields named above and run `comfyfleet catalog validate` again",
             file=sys.stderr,
         )
-        return 2
+        return code
+    warnings = result["warnings"]
     print(
-        f"ok: {len(catalog.models)} models, {len(catalog.profile_names())} profiles in {files}"
+        f"ok: {result['models']} models, {result['profiles']} profiles in {files}"
         + (f" ({len(warnings)} warnings)" if warnings else "")
     )
-    return 0
+    return code
 
 
 # ---------------------------------------------------------------- show

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
-from comfyfleet.cli.common import add_catalog_option
+from comfyfleet.cli.common import add_catalog_option, add_json_option, print_json
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
+from comfyfleet.render import events
 from comfyfleet.render.assets import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
@@ -35,7 +38,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "into a ComfyUI image.",
     )
     what = parser.add_subparsers(dest="render_command", metavar="WHAT", required=True)
+    _register_onstart(what)
+    _register_dockerfile(what)
 
+
+def _register_onstart(what: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o = what.add_parser("onstart", help="the vast.ai on-start script (bash) on stdout")
     o.add_argument("--profile", default=AUTO_PROFILE, metavar="NAME|auto")
     o.add_argument("--mode", choices=["script", "baked"], default="script")
@@ -95,14 +102,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="cli",
         help="cli: run `comfyfleet warmup` here (default); flow: run the `warmup` flow here, "
         "recorded by the Prefect server at PREFECT_API_URL; worker: start a Prefect worker "
-        "and emit comfyfleet.instance.started for the event-triggered `warmup` deployment "
+        f"and emit {events.INSTANCE_STARTED} for the event-triggered `warmup` deployment "
         "(one instance per work pool)",
     )
     o.add_argument("--work-pool", default="comfyfleet-gpu", metavar="NAME")
     o.add_argument("--fail-on-target", action="store_true")
     o.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
+    add_json_option(o)
     o.set_defaults(func=cmd_onstart)
 
+
+def _register_dockerfile(what: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = what.add_parser("dockerfile", help="a Dockerfile that bakes PROFILE into a ComfyUI image")
     d.add_argument("--profile", required=True, metavar="NAME")
     add_catalog_option(d)
@@ -122,6 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"ComfyUI's Python in the base image (default {DEFAULT_IMAGE_PYTHON})",
     )
     d.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
+    add_json_option(d)
     d.set_defaults(func=cmd_dockerfile)
 
 
@@ -139,10 +150,33 @@ def _check_store_uri(uri: str) -> None:
         )
 
 
-def _write(text: str, output: Path | None, *, executable: bool = False) -> None:
-    if output is None:
+def _emit(
+    args: argparse.Namespace,
+    what: str,
+    text: str,
+    settings: OnstartSettings | DockerfileSettings,
+    *,
+    executable: bool = False,
+) -> None:
+    """The rendered text to ``--output`` or stdout; with ``--json`` one document on stdout
+    (the text itself unless it went to a file)."""
+    if args.output is not None:
+        _write_file(text, args.output, executable=executable)
+    elif not args.json:
         sys.stdout.write(text)
-        return
+    if args.json:
+        print_json(
+            {
+                "what": what,
+                "output": None if args.output is None else str(args.output),
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "settings": dataclasses.asdict(settings),
+                "text": text if args.output is None else None,
+            }
+        )
+
+
+def _write_file(text: str, output: Path, *, executable: bool = False) -> None:
     try:
         write_atomic(output, text, mode=0o755 if executable else None)
     except OSError as exc:
@@ -155,25 +189,23 @@ def _write(text: str, output: Path | None, *, executable: bool = False) -> None:
 
 def cmd_onstart(args: argparse.Namespace) -> int:
     _check_store_uri(args.store)
-    text = render_onstart(
-        OnstartSettings(
-            profile=args.profile,
-            mode=args.mode,
-            verify=args.verify,
-            store=args.store,
-            package=args.package,
-            comfy_root=args.comfy_root,
-            comfy_url=args.comfy_url,
-            start_comfy=args.start_comfy,
-            warmup_workflow=args.warmup_workflow,
-            catalogs=tuple(args.catalog),
-            home=args.home,
-            via=args.via,
-            work_pool=args.work_pool,
-            fail_on_target=args.fail_on_target,
-        )
+    settings = OnstartSettings(
+        profile=args.profile,
+        mode=args.mode,
+        verify=args.verify,
+        store=args.store,
+        package=args.package,
+        comfy_root=args.comfy_root,
+        comfy_url=args.comfy_url,
+        start_comfy=args.start_comfy,
+        warmup_workflow=args.warmup_workflow,
+        catalogs=tuple(args.catalog),
+        home=args.home,
+        via=args.via,
+        work_pool=args.work_pool,
+        fail_on_target=args.fail_on_target,
     )
-    _write(text, args.output, executable=True)
+    _emit(args, "onstart", render_onstart(settings), settings, executable=True)
     return 0
 
 
@@ -187,16 +219,14 @@ def cmd_dockerfile(args: argparse.Namespace) -> int:
                 "its build context",
                 hint="put the catalog next to the Dockerfile and pass a relative path",
             )
-    text = render_dockerfile(
-        DockerfileSettings(
-            profile=args.profile,
-            base_image=args.base_image,
-            build_python_image=args.build_python_image,
-            package=args.package,
-            comfy_root=args.comfy_root,
-            comfy_python=args.comfy_python,
-            catalogs=tuple(args.catalog),
-        )
+    settings = DockerfileSettings(
+        profile=args.profile,
+        base_image=args.base_image,
+        build_python_image=args.build_python_image,
+        package=args.package,
+        comfy_root=args.comfy_root,
+        comfy_python=args.comfy_python,
+        catalogs=tuple(args.catalog),
     )
-    _write(text, args.output)
+    _emit(args, "dockerfile", render_dockerfile(settings), settings)
     return 0

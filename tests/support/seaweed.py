@@ -2,8 +2,13 @@
 
 ``run_seaweedfs(workdir)`` starts ``weed mini`` with telemetry off, loopback only, and free
 ports (each service also takes its port + 10000 for gRPC), waits until ``list_buckets``
-answers, and stops the whole process group on exit. Benchmarks import it directly; tests use
-the fixtures below (``s3_server``, ``s3_store``, ``local_store``, ``store``).
+answers, and stops the whole process group on exit. It leaves nothing outside ``workdir``:
+logs go there (``-logdir``, and ``TMPDIR`` for anything else weed writes); the local
+sockets that have a flag go into a short-named folder in /tmp (a unix socket path must fit
+in 108 bytes, a nested temp dir does not), removed with the gRPC sockets weed hard-codes as
+``/tmp/seaweedfs-<service>-grpc-<port>.sock`` once it has stopped. Benchmarks
+import it directly; tests use the fixtures below (``s3_server``, ``s3_store``,
+``local_store``, ``store``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,6 +111,19 @@ def free_port_pairs(count: int) -> list[int]:
     raise RuntimeError("no free port pairs (p, p+10000) on 127.0.0.1")
 
 
+GRPC_SOCKET = "/tmp/seaweedfs-{service}-grpc-{port}.sock"  # weed's own, not configurable
+_SERVICES = ("master", "volume", "filer", "s3", "admin")
+
+
+def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+    """Remove the gRPC sockets ``weed`` left in /tmp for ``ports`` (service -> http port)."""
+    for service, port in ports.items():
+        path = Path(GRPC_SOCKET.format(service=service, port=port + GRPC_OFFSET))
+        with contextlib.suppress(OSError):
+            if path.is_socket():
+                path.unlink()
+
+
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -146,6 +165,52 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _write_s3_config(workdir: Path, access_key: str, secret_key: str) -> Path:
+    """The S3 identity file: one admin with the given credentials."""
+    config = workdir / "s3.json"
+    identity = {
+        "name": "admin",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    return config
+
+
+def _weed_command(
+    weed: str,
+    workdir: Path,
+    config: Path,
+    ports: dict[str, int],
+    sockets: Path,
+    *,
+    auto_create_bucket: bool,
+) -> list[str]:
+    """``weed mini`` on loopback, telemetry off, on ``ports``, logs in ``workdir``."""
+    return [
+        weed,
+        f"-logdir={workdir}",
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-s3.config={config}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={ports['s3']}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-admin.port={ports['admin']}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.autoCreateBucket={'true' if auto_create_bucket else 'false'}",
+    ]
+
+
 @contextlib.contextmanager
 def run_seaweedfs(
     workdir: str | os.PathLike[str],
@@ -165,45 +230,18 @@ def run_seaweedfs(
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     secret_key = secret_key or uuid.uuid4().hex
-    config = workdir / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "admin",
-                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
-                ]
-            }
-        )
-    )
+    config = _write_s3_config(workdir, access_key, secret_key)
     weed = find_weed()
     log_path = workdir / "weed.log"
     last_error: Exception | None = None
     # Ports are checked free, then bound by weed a moment later: another process may win
     # the race, so a failed start is retried on fresh ports.
     for _ in range(attempts):
-        s3, master, volume, filer = free_port_pairs(4)
-        cmd = [
-            weed,
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            f"-s3.config={config}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.port={s3}",
-            f"-master.port={master}",
-            f"-volume.port={volume}",
-            f"-filer.port={filer}",
-            f"-s3.autoCreateBucket={'true' if auto_create_bucket else 'false'}",
-        ]
+        ports = dict(zip(_SERVICES, free_port_pairs(len(_SERVICES)), strict=True))
+        sockets = Path(tempfile.mkdtemp(prefix="weed-", dir="/tmp"))
+        cmd = _weed_command(
+            weed, workdir, config, ports, sockets, auto_create_bucket=auto_create_bucket
+        )
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -211,10 +249,11 @@ def run_seaweedfs(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
+                env={**os.environ, "TMPDIR": str(workdir)},
                 start_new_session=True,  # own process group: stop takes every child with it
             )
         server = SeaweedServer(
-            endpoint_url=f"http://127.0.0.1:{s3}",
+            endpoint_url=f"http://127.0.0.1:{ports['s3']}",
             access_key=access_key,
             secret_key=secret_key,
             region="us-east-1",
@@ -227,11 +266,15 @@ def run_seaweedfs(
         except RuntimeError as exc:
             last_error = exc
             _stop_group(proc)
+            _remove_grpc_sockets(ports)
+            shutil.rmtree(sockets, ignore_errors=True)
             continue
         try:
             yield server
         finally:
             _stop_group(proc)
+            _remove_grpc_sockets(ports)
+            shutil.rmtree(sockets, ignore_errors=True)
         return
     raise RuntimeError(f"could not start SeaweedFS after {attempts} attempts: {last_error}")
 
