@@ -42,8 +42,8 @@ def test_refresh_is_scheduled_daily_and_warmup_is_triggered() -> None:
 
 
 def test_warmup_trigger_matches_the_event_the_onstart_script_emits() -> None:
-    """prefect.yaml cannot import a constant: it is checked against comfyfleet.render.events."""
-    from comfyfleet.render import events
+    """prefect.yaml cannot import a constant: it is checked against comfyfleet.warmup.events."""
+    from comfyfleet.warmup import events
 
     (trigger,) = {d["name"]: d for d in load_deployments()}["warmup"]["triggers"]
     assert trigger["expect"] == [events.INSTANCE_STARTED]
@@ -161,10 +161,15 @@ def _readme_prefect_section() -> str:
 
 def test_no_deployment_requires_a_block_it_may_not_need() -> None:
     """Issue 9 item 21: a missing tokens block failed every file, URL sources included.
-    Only the store block is named by default: every run needs a store."""
+    Only blocks every run of a deployment needs are named by default: the store (every
+    pipeline needs one) and, for the fleet deployments, the vast.ai key (nothing else works
+    without it)."""
     for spec in load_deployments():
         named = {k for k in spec.get("parameters") or {} if k.endswith("_block")}
-        assert named <= {"store_block"}, (spec["name"], named)
+        needed = (
+            {"store_block", "vast_block"} if spec["name"].startswith("fleet-") else {"store_block"}
+        )
+        assert named <= needed, (spec["name"], named)
 
 
 def test_readme_says_which_blocks_to_save_and_starts_a_worker_per_pool() -> None:

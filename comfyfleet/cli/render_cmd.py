@@ -13,7 +13,6 @@ from comfyfleet.catalog import AUTO_PROFILE, BUILTIN_CATALOG, load_catalog
 from comfyfleet.cli.common import add_catalog_option, add_json_option, print_json
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
-from comfyfleet.render import events
 from comfyfleet.render.assets import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
@@ -27,6 +26,7 @@ from comfyfleet.render.assets import (
     render_dockerfile,
     render_onstart,
 )
+from comfyfleet.warmup import events
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,7 +7,7 @@ settings quoted here for their language. Tests parse every variant that comes ou
 ``sh -n`` of every RUN for the Dockerfile). The script's Python steps (JSON payloads, the
 report's one-line summary) are :mod:`comfyfleet.render.onstart_steps`, run with
 ``python -m``; its events are sent with ``prefect event emit``, names from
-:mod:`comfyfleet.render.events`.
+:mod:`comfyfleet.warmup.events`.
 
 The on-start script (``render_onstart``) is the plan's ``download_models.sh`` done right:
 it installs comfyfleet into its own venv, reads the store settings from the environment
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 from comfyfleet import __version__
 from comfyfleet.errors import ConfigError
-from comfyfleet.render import events
 from comfyfleet.render.template import render_template
+from comfyfleet.warmup import events
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ here, run from the instance's comfyfleet venv::
 
 Each prints one line on stdout. The events themselves are sent by ``prefect event emit``
 (the venv's Prefect CLI), so this module stays free of Prefect imports like the rest of the
-core library. Event names and payload keys come from :mod:`comfyfleet.render.events`.
+core library. Event names and payload keys come from :mod:`comfyfleet.warmup.events`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.render.events import STARTED_PAYLOAD_KEYS, instance_resource
+from comfyfleet.warmup.events import STARTED_PAYLOAD_KEYS, instance_resource
 
 # Report fields left out of the finished event: the per-file list grows with the profile
 # and would push the payload past what one command-line argument may hold (128 KiB).

@@ -4,7 +4,8 @@ The on-start script emits :data:`INSTANCE_STARTED` with :data:`STARTED_PAYLOAD_K
 ``warmup`` deployment's trigger turns them into flow parameters: :func:`trigger_parameters`)
 and, when the warm-up has reported, :data:`WARMUP_FINISHED` whose payload is the warm-up's
 result document (``WarmupResult.to_dict()``, top-level keys :data:`FINISHED_PAYLOAD_KEYS`).
-The render templates and ``prefect.yaml`` take the names from here.
+The render templates, ``flows/warmup.py`` and ``prefect.yaml`` take the names from here (tests
+check the YAML, which cannot import them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ INSTANCE_STARTED = "comfyfleet.instance.started"
 WARMUP_FINISHED = "comfyfleet.warmup.finished"
 
 # Every instance's events name it as the resource ``comfyfleet.instance.<instance_id>``.
-RESOURCE_PREFIX = "comfyfleet.instance."
+INSTANCE_RESOURCE_PREFIX = "comfyfleet.instance."
 
 # Payload of INSTANCE_STARTED, in the order the on-start script writes them.
 STARTED_PAYLOAD_KEYS: tuple[str, ...] = (
@@ -55,3 +56,8 @@ FINISHED_PAYLOAD_KEYS: tuple[str, ...] = (
 def trigger_parameters() -> dict[str, str]:
     """The ``warmup`` deployment trigger's ``parameters``: each from the started event."""
     return {key: "{{ event.payload.%s }}" % key for key in TRIGGER_PARAMETER_KEYS}  # noqa: UP031
+
+
+def instance_resource(instance_id: str) -> str:
+    """The ``prefect.resource.id`` of an instance's events."""
+    return f"{INSTANCE_RESOURCE_PREFIX}{instance_id}"

@@ -19,7 +19,7 @@ import pytest
 
 from comfyfleet.cli import main
 from comfyfleet.errors import ConfigError
-from comfyfleet.render import events, onstart_steps
+from comfyfleet.render import onstart_steps
 from comfyfleet.render.assets import (
     BAKED_MANIFEST_PATH,
     CUSTOM_NODES,
@@ -29,6 +29,7 @@ from comfyfleet.render.assets import (
     render_dockerfile,
     render_onstart,
 )
+from comfyfleet.warmup import events
 from tests.warmup.mirrored import mirror, write_catalog
 
 BASH = shutil.which("bash") or "/bin/bash"
