@@ -129,6 +129,50 @@ class VideoSettings:
     fal_image: Literal["auto", "data-uri"] = "auto"
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """Every option of a batch, each default spelled here once: the CLI builds this from its
+    arguments, the ``generate-batch`` flow from its parameters, and both hand it to
+    :func:`generate_from_file` (and from there :func:`run_batch`).
+
+    ``batch_id``: the batch folder (``None``: ``<jobs file stem>-<8 hex of its sha256>``);
+    ``queue_depth``: prompts kept queued in ComfyUI at once (2: it never idles);
+    ``retries``: resubmits per job after a transient error (connection drop, timeout), with
+    backoff ``retry_backoff_s``·2^n. The engine is the one owner of job retries, from the CLI
+    and from the flow alike (the flow's task does not retry the batch: errors.py's rule);
+    ``prompt_timeout_s``: how long one prompt may take; ``post_workers``: threads that fetch
+    and store outputs; ``ready_timeout_s``: how long ComfyUI may take to answer at all;
+    ``comfy_root``: ComfyUI's folder here (LoRAs are pulled into it on demand);
+    ``catalog_paths``: catalog files (default: the built-in catalog); ``video``: video stages.
+    """
+
+    batch_id: str | None = None
+    queue_depth: int = 2
+    retries: int = 2
+    retry_backoff_s: float = 1.0
+    prompt_timeout_s: float | None = 3600.0
+    post_workers: int = 4
+    ready_timeout_s: float = 30.0
+    comfy_root: str | None = None
+    catalog_paths: tuple[str, ...] = ()
+    video: VideoSettings = field(default_factory=VideoSettings)
+
+    def __post_init__(self) -> None:
+        if self.batch_id is not None:
+            check_batch_id(self.batch_id)
+        if self.queue_depth < 1:
+            raise ConfigError(
+                f"queue depth {self.queue_depth} must be at least 1", hint="2 keeps ComfyUI busy"
+            )
+        if self.retries < 0:
+            raise ConfigError(f"retries {self.retries} must be 0 or more")
+        if self.post_workers < 1:
+            raise ConfigError(f"post workers {self.post_workers} must be at least 1")
+
+
+DEFAULT_OPTIONS = BatchOptions()
+
+
 @dataclass
 class JobResult:
     """One row of the results table.
@@ -1026,16 +1070,11 @@ def run_batch(
     client: ComfyAPI,
     store: ObjectStore,
     batch_id: str,
-    queue_depth: int = 2,
-    retries: int = 2,
-    video: VideoSettings | None = None,
+    options: BatchOptions = DEFAULT_OPTIONS,
     loras: LoraResolver | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
-    retry_backoff_s: float = 1.0,
-    prompt_timeout_s: float | None = 3600.0,
     fal: FalClient | None = None,
     catalog_vram: Mapping[str, float] | None = None,
-    post_workers: int = 4,
 ) -> BatchReport:
     """Run ``jobs`` on ComfyUI (see the module docstring) and return the report.
 
@@ -1043,12 +1082,6 @@ def run_batch(
     decision (``{m.file: m.min_vram_gb for m in catalog.models.values()}``).
     """
     check_batch_id(batch_id)
-    if queue_depth < 1:
-        raise ConfigError(
-            f"queue depth {queue_depth} must be at least 1", hint="2 keeps ComfyUI busy"
-        )
-    if retries < 0:
-        raise ConfigError(f"retries {retries} must be 0 or more")
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -1075,17 +1108,17 @@ def run_batch(
         client=client,
         store=store,
         batch_id=batch_id,
-        queue_depth=queue_depth,
-        retries=retries,
-        retry_backoff_s=retry_backoff_s,
-        prompt_timeout_s=prompt_timeout_s,
-        video=video or VideoSettings(),
+        queue_depth=options.queue_depth,
+        retries=options.retries,
+        retry_backoff_s=options.retry_backoff_s,
+        prompt_timeout_s=options.prompt_timeout_s,
+        video=options.video,
         loras=loras or LoraResolver(client, store=store),
         ledger=ledger,
         on_event=on_event,
         fal=fal,
         catalog_vram=catalog_vram or {},
-        post_workers=max(1, post_workers),
+        post_workers=options.post_workers,
         total=len(jobs),
         done=len(skipped),
     )
@@ -1115,41 +1148,36 @@ def run_batch(
 
 def generate_from_file(
     jobs_file: str | Path,
+    options: BatchOptions = DEFAULT_OPTIONS,
     *,
     comfy_url: str,
     store: ObjectStore,
-    batch_id: str | None = None,
-    queue_depth: int = 2,
-    retries: int = 2,
-    comfy_root: str | Path | None = None,
-    catalog_paths: Sequence[str | Path] = (),
-    video: VideoSettings | None = None,
     tokens: Tokens | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
-    ready_timeout_s: float = 30.0,
-    retry_backoff_s: float = 1.0,
 ) -> BatchReport:
-    """Read a jobs file, connect to ComfyUI and run the batch: what the CLI and flow call.
+    """The batch driver the CLI and the flow both call: read a jobs file, connect to
+    ComfyUI and run the batch with ``options``.
 
-    ``batch_id`` defaults to ``<jobs file stem>-<8 hex of its sha256>``, so running the same
-    file again resumes it. ``catalog_paths`` (default: the built-in catalog) give LoRA ids and
-    the VRAM the video models need; ``comfy_root`` enables pulling LoRAs on demand.
+    ``options.batch_id`` defaults to ``<jobs file stem>-<8 hex of its sha256>``, so running
+    the same file again resumes it. ``options.catalog_paths`` (default: the built-in
+    catalog) give LoRA ids and the VRAM the video models need; ``options.comfy_root``
+    enables pulling LoRAs on demand.
     """
     from comfyfleet.catalog import load_catalog
     from comfyfleet.comfy.client import ComfyClient
     from comfyfleet.generate.jobs import read_jobs
 
     jobs = read_jobs(jobs_file)
-    batch = check_batch_id(batch_id) if batch_id else default_batch_id(jobs_file)
-    catalog = load_catalog(list(catalog_paths) or None)
-    root = Path(comfy_root).expanduser() if comfy_root else None
+    batch = options.batch_id or default_batch_id(jobs_file)
+    catalog = load_catalog(list(options.catalog_paths) or None)
+    root = Path(options.comfy_root).expanduser() if options.comfy_root else None
     if root is not None and not root.is_dir():
         raise ConfigError(
             f"--comfy-root {root} is not a directory",
             hint="pass the ComfyUI folder (the one holding models/)",
         )
     with ComfyClient(comfy_url) as client:
-        client.wait_ready(timeout=ready_timeout_s)
+        client.wait_ready(timeout=options.ready_timeout_s)
         resolver = LoraResolver(
             client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
         )
@@ -1159,11 +1187,8 @@ def generate_from_file(
             client=client,
             store=store,
             batch_id=batch,
-            queue_depth=queue_depth,
-            retries=retries,
-            video=video,
+            options=options,
             loras=resolver,
             on_event=on_event,
             catalog_vram=vram,
-            retry_backoff_s=retry_backoff_s,
         )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.generate.batch import BatchEvent, read_results, run_batch
+from comfyfleet.generate.batch import BatchEvent, BatchOptions, read_results, run_batch
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.comfyui import FakeComfyUI, png_bytes
 from tests.generate.conftest import ImageServer, JobsFactory, make_client
@@ -184,7 +184,9 @@ def test_validation_and_execution_errors_fail_one_job_only(
         {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "missing.ckpt"},
         *({"id": f"ok{n}", "workflow": "sdxl_txt2img", "prompt": f"p{n}"} for n in range(4)),
     ])  # fmt: skip
-    report = run_batch(jobs, client=client, store=local_store, batch_id="errs", retries=3)
+    report = run_batch(
+        jobs, client=client, store=local_store, batch_id="errs", options=BatchOptions(retries=3)
+    )
     by_id = {r.id: r for r in report.results}
     bad = by_id["bad"]
     assert bad.status == "failed" and bad.attempt == 1
@@ -240,7 +242,11 @@ def test_comfyui_dies_midway_and_rerun_resumes(store: ObjectStore, make_jobs: Jo
     with FakeComfyUI(execution_time=0.1) as first, make_client(first.url) as client:
         first.die_after_prompts = 5
         report = run_batch(
-            jobs, client=client, store=store, batch_id="crash", retries=1, retry_backoff_s=0.05
+            jobs,
+            client=client,
+            store=store,
+            batch_id="crash",
+            options=BatchOptions(retries=1, retry_backoff_s=0.05),
         )
     done_first = {r.id for r in report.results if r.status == "ok"}
     failed_first = {r.id for r in report.results if r.status == "failed"}
@@ -307,9 +313,8 @@ def test_transient_submit_failure_is_retried(
             client=client,
             store=local_store,
             batch_id="tr",
-            retries=2,
-            retry_backoff_s=0.05,
             on_event=on_event,
+            options=BatchOptions(retries=2, retry_backoff_s=0.05),
         )
     assert report.results[0].status == "ok" and report.results[0].attempt == 2
     assert "cannot reach ComfyUI" in restarted[0]
@@ -324,7 +329,13 @@ def test_bad_arguments(
     with pytest.raises(ConfigError, match="batch id"):
         run_batch(jobs, client=client, store=local_store, batch_id="../up")
     with pytest.raises(ConfigError, match="queue depth"):
-        run_batch(jobs, client=client, store=local_store, batch_id="b", queue_depth=0)
+        run_batch(
+            jobs,
+            client=client,
+            store=local_store,
+            batch_id="b",
+            options=BatchOptions(queue_depth=0),
+        )
     with pytest.raises(ConfigError, match="duplicate job ids"):
         run_batch(jobs + jobs, client=client, store=local_store, batch_id="b")
 
@@ -334,8 +345,13 @@ def test_prompt_timeout_cancels_then_retries(
 ) -> None:
     fake.execution_time = 2.0
     jobs = make_jobs([{"id": "slow", "workflow": "sdxl_txt2img", "prompt": "x"}])
-    report = run_batch(jobs, client=client, store=local_store, batch_id="slow", retries=1,
-                       retry_backoff_s=0.01, prompt_timeout_s=0.3)  # fmt: skip
+    report = run_batch(
+        jobs,
+        client=client,
+        store=local_store,
+        batch_id="slow",
+        options=BatchOptions(retries=1, retry_backoff_s=0.01, prompt_timeout_s=0.3),
+    )
     result = report.results[0]
     assert result.status == "failed" and result.attempt == 2
     assert "did not finish within 0.3 s" in result.error
