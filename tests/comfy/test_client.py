@@ -46,14 +46,13 @@ def test_run_follows_websocket_to_node_null_and_reads_history(
 
 
 def test_finished_only_at_executing_null() -> None:
-    absorb = ComfyClient._absorb
-    from comfyfleet.comfy.client import _Track
+    from comfyfleet.comfy.tracking import PromptTrack
 
-    track = _Track()
-    assert absorb(track, "execution_success", {"prompt_id": "p", "timestamp": 5}) is False
-    assert absorb(track, "executing", {"node": "3", "prompt_id": "p"}) is False
-    assert absorb(track, "executing", {"node": "3"}) is False  # reconnect notice, no id
-    assert absorb(track, "executing", {"node": None, "prompt_id": "p"}) is True
+    track = PromptTrack()
+    assert track.absorb("execution_success", {"prompt_id": "p", "timestamp": 5}) is False
+    assert track.absorb("executing", {"node": "3", "prompt_id": "p"}) is False
+    assert track.absorb("executing", {"node": "3"}) is False  # reconnect notice, no id
+    assert track.absorb("executing", {"node": None, "prompt_id": "p"}) is True
     assert track.success and track.end_ms == 5
 
 
