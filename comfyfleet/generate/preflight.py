@@ -2,7 +2,8 @@
 
 :class:`WorkflowChecker` runs :meth:`ComfyClient.check_workflow` (node types installed,
 required inputs present, links valid, choices and model files listed in ``/object_info``)
-and remembers verdicts so a batch of similar jobs asks once.
+and remembers verdicts per exact workflow, so identical prompts are judged once and no job
+ever gets another job's verdict. ``/object_info`` itself is fetched once (the client caches it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from comfyfleet.comfy.folders import looks_like_model
 from comfyfleet.errors import ComfyError, is_transient
 
 
@@ -22,23 +22,14 @@ class WorkflowCheckAPI(Protocol):
     def check_workflow(self, workflow: Mapping[str, Any]) -> None: ...
 
 
-def _shape_key(workflow: Mapping[str, Any]) -> str:
-    """What makes two workflows need the same ``/object_info`` check: node types, links and
-    model files, not prompts, seeds or uploaded image names."""
-    shape: dict[str, Any] = {}
-    for node_id, node in workflow.items():
-        if not isinstance(node, Mapping):
-            shape[str(node_id)] = repr(node)
-            continue
-        inputs = node.get("inputs") if isinstance(node.get("inputs"), Mapping) else {}
-        kept: dict[str, Any] = {}
-        for name, value in (inputs or {}).items():
-            if isinstance(value, list) or (isinstance(value, str) and looks_like_model(value)):
-                kept[str(name)] = value
-            else:
-                kept[str(name)] = type(value).__name__
-        shape[str(node_id)] = [str(node.get("class_type")), kept]
-    return json.dumps(shape, sort_keys=True, default=str)
+def _exact_key(workflow: Mapping[str, Any]) -> str:
+    """The exact values checked: two workflows share a verdict only when they are equal.
+
+    (A coarser "shape" once let jobs that differed only in a choice value, a sampler or an
+    upscale method, share one cached failure: issue 9 item 1.) The check itself is local
+    work over ComfyUI's ``/object_info``, which the client fetches once and caches.
+    """
+    return json.dumps(workflow, sort_keys=True, default=str)
 
 
 class WorkflowChecker:
@@ -51,7 +42,7 @@ class WorkflowChecker:
 
     def check(self, workflow: Mapping[str, Any]) -> None:
         """Raise the :class:`ComfyValidationError` this workflow earns, or return."""
-        key = _shape_key(workflow)
+        key = _exact_key(workflow)
         with self._lock:
             if key in self._checked:
                 failure = self._checked[key]

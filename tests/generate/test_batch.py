@@ -358,3 +358,43 @@ def test_prompt_timeout_cancels_then_retries(
     # Each abandoned prompt was interrupted, so ComfyUI did not keep working on it.
     assert [c.get("prompt_id") for c in fake.interrupt_calls] == [item[1] for item in fake.accepted]
     assert fake.wait_idle(timeout=5)
+
+
+def test_each_job_gets_its_own_check_verdict(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 1: jobs that differ only in a choice value never share a cached failure."""
+    jobs = make_jobs([
+        {"id": "s1", "workflow": "sdxl_txt2img", "prompt": "a cat", "sampler": "bogus_sampler"},
+        {"id": "s2", "workflow": "sdxl_txt2img", "prompt": "a dog", "sampler": "euler"},
+    ])  # fmt: skip
+    report = run_batch(jobs, client=client, store=local_store, batch_id="choices")
+    s1, s2 = report.results
+    assert s1.status == "failed" and "'bogus_sampler' is not a valid choice" in s1.error
+    assert s2.status == "ok", s2.error
+    assert [item[2]["3"]["inputs"]["sampler_name"] for item in fake.accepted] == ["euler"]
+
+    # The same with a user workflow's {{method}} placeholder, and a width ComfyUI refuses.
+    scale = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+        "2": {"class_type": "ImageScale", "inputs": {
+            "image": ["1", 0], "upscale_method": "{{method}}", "width": "{{w}}",
+            "height": 64, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "s"}},
+    }  # fmt: skip
+    (tmp_path / "scale.json").write_text(json.dumps(scale))
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(1, 2, 3)))
+    common = {"workflow": str(tmp_path / "scale.json"), "image": str(tmp_path / "in.png")}
+    jobs = make_jobs([
+        {"id": "m1", **common, "method": "bogus", "w": 64},
+        {"id": "m2", **common, "method": "bilinear", "w": 64},
+        {"id": "m3", **common, "method": "bilinear", "w": 99999},
+    ])  # fmt: skip
+    by_id = {
+        r.id: r for r in run_batch(jobs, client=client, store=local_store, batch_id="m").results
+    }
+    assert by_id["m1"].status == "failed" and "'bogus' is not a valid choice" in by_id["m1"].error
+    assert by_id["m2"].status == "ok", by_id["m2"].error
+    assert by_id["m3"].status == "failed" and "bogus" not in by_id["m3"].error
+    assert "width" in by_id["m3"].error
