@@ -102,7 +102,7 @@ OUTPUT_DIR = "/srv/comfyui-run/output"
 DEFAULT_MODELS: dict[str, list[str]] = {
     "checkpoints": [
         "sd_xl_base_1.0.safetensors",
-        "v6.safetensors",
+        "ponyDiffusionV6XL_v6StartWithThisOne.safetensors",
         "RealVisXL_V4.0.safetensors",
         "svd_xt.safetensors",
     ],
@@ -119,7 +119,7 @@ DEFAULT_MODELS: dict[str, list[str]] = {
         "t5xxl_fp8_e4m3fn.safetensors",
     ],
     "diffusion_models": [
-        "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors",
+        "wan2.1_i2v_480p_14B_fp8_scaled.safetensors",
         "hunyuan_video_t2v_720p_bf16.safetensors",
     ],
     "clip_vision": ["clip_vision_h.safetensors"],

@@ -170,7 +170,7 @@ def test_catalog_vram_need_decides(
         client=client,
         store=local_store,
         batch_id="v",
-        catalog_vram={"wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors": 40.0},
+        catalog_vram={"wan2.1_i2v_480p_14B_fp8_scaled.safetensors": 40.0},
         options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
     )
     assert report.results[0].video_path == "fal"
@@ -189,7 +189,7 @@ def test_no_fal_and_no_local_model_fails_clearly(
     )
     result = report.results[0]
     assert result.status == "failed" and result.attempt == 1
-    assert "diffusion_models/wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors" in result.error
+    assert "diffusion_models/wan2.1_i2v_480p_14B_fp8_scaled.safetensors" in result.error
     assert "--fal-fallback" in result.error
 
 
