@@ -60,6 +60,7 @@ from comfyfleet.generate.fal import FalClient
 from comfyfleet.generate.jobs import Job
 from comfyfleet.generate.loras import LoraResolver, ResolvedLora
 from comfyfleet.generate.preflight import WorkflowChecker
+from comfyfleet.generate.preflight import catalog_files as catalog_file_ids
 from comfyfleet.generate.results import (
     SUMMARY_FILE,
     BatchReport,
@@ -523,11 +524,14 @@ def run_batch(
     on_event: Callable[[BatchEvent], None] | None = None,
     fal: FalClient | None = None,
     catalog_vram: Mapping[str, float] | None = None,
+    catalog_files: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Run ``jobs`` on ComfyUI (see the module docstring) and return the report.
 
     ``catalog_vram`` maps model file names to the VRAM (GiB) they need, for the local video
-    decision (``{m.file: m.min_vram_gb for m in catalog.models.values()}``).
+    decision (``{m.file: m.min_vram_gb for m in catalog.models.values()}``);
+    ``catalog_files`` maps ``<folder>/<file>`` to its catalog id, so a job refused for a
+    missing model names what to mirror (:func:`comfyfleet.generate.preflight.catalog_files`).
     """
     check_batch_id(batch_id)
     ids = [j.id for j in jobs]
@@ -540,7 +544,7 @@ def run_batch(
         threading.Thread(target=_import_parquet, daemon=True, name="comfyfleet-import").start()
     ledger = ResultsLedger(store, batch_id)
     skipped, todo = _resume_plan(jobs, ledger, store)
-    checker = WorkflowChecker(client)
+    checker = WorkflowChecker(client, catalog_files=catalog_files)
     engine = _Engine(
         client=client,
         store=store,
@@ -633,4 +637,5 @@ def generate_from_file(
             loras=resolver,
             on_event=on_event,
             catalog_vram=vram,
+            catalog_files=catalog_file_ids(catalog.models.values()),
         )

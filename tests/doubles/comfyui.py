@@ -125,6 +125,22 @@ DEFAULT_MODELS: dict[str, list[str]] = {
     "clip_vision": ["clip_vision_h.safetensors"],
     "animatediff_models": ["mm_sdxl_v10_beta.ckpt"],
     "embeddings": [],
+    # CogVideoXWrapper's folder lists every file, sub-folders included (repo folders).
+    "CogVideo": [
+        f"{repo}/{path}"
+        for repo, shards in (("CogVideoX-5b", 2), ("CogVideoX-5b-I2V", 3))
+        for path in (
+            "transformer/config.json",
+            "transformer/diffusion_pytorch_model.safetensors.index.json",
+            *(
+                f"transformer/diffusion_pytorch_model-{n:05d}-of-{shards:05d}.safetensors"
+                for n in range(1, shards + 1)
+            ),
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json",
+        )
+    ],
 }
 
 RECORDED_SYSTEM = {

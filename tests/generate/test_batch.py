@@ -398,3 +398,45 @@ def test_each_job_gets_its_own_check_verdict(
     assert by_id["m2"].status == "ok", by_id["m2"].error
     assert by_id["m3"].status == "failed" and "bogus" not in by_id["m3"].error
     assert "width" in by_id["m3"].error
+
+
+def test_missing_model_files_are_refused_naming_the_catalog_id(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 3: a job whose model files ComfyUI does not have is refused before it is
+    submitted, naming the catalog id to mirror; CogVideoX's repo folder included (its wrapper
+    would otherwise download it from Hugging Face behind the mirror's back)."""
+    from comfyfleet.catalog import load_catalog
+    from comfyfleet.generate.preflight import catalog_files
+
+    ids = catalog_files(load_catalog().models.values())
+    fake.models["CogVideo"] = [f for f in fake.models["CogVideo"] if "-I2V/" not in f]
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(9, 9, 9)))
+    jobs = make_jobs([
+        {"id": "jug", "workflow": "sdxl_txt2img", "prompt": "x",
+         "checkpoint": "Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors"},
+        {"id": "cog", "workflow": "cogvideox", "prompt": "waves", "image": "in.png"},
+        {"id": "t2v", "workflow": "cogvideox", "prompt": "waves"},
+    ])  # fmt: skip
+    report = run_batch(jobs, client=client, store=local_store, batch_id="models", catalog_files=ids)
+    by_id = {r.id: r for r in report.results}
+    jug, cog = by_id["jug"], by_id["cog"]
+    assert jug.status == "failed" and "comfyfleet mirror --only juggernaut-xl-v9" in jug.error
+    assert (
+        "'Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors' is not in ComfyUI's models/checkpoints"
+        in jug.error
+    )
+    assert cog.status == "failed" and "model folder 'CogVideoX-5b-I2V/'" in cog.error
+    assert "--only cogvideox-5b-i2v-transformer-00001" in cog.error
+    assert "cogvideox-5b-i2v-scheduler-config" in cog.error
+    assert by_id["t2v"].status == "ok", by_id["t2v"].error
+    submitted = [n["inputs"].get("model") for _, _, wf, *_ in fake.accepted for n in wf.values()
+                 if n["class_type"] == "DownloadAndLoadCogVideoModel"]  # fmt: skip
+    assert submitted == ["THUDM/CogVideoX-5b"]
+    assert len(fake.accepted) == 1
+
+    # Once the file is there (pulled meanwhile), the same batch runs it: no stale listing.
+    fake.models["checkpoints"].append("Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors")
+    again = run_batch(jobs[:1], client=client, store=local_store, batch_id="models2")
+    assert again.results[0].status == "ok", again.results[0].error
