@@ -419,6 +419,7 @@ class _Engine:
         values = job.values()
         # ComfyUI's own copy lands in output/comfyfleet/<batch>/<job>_NNNNN_.png.
         values.setdefault("filename_prefix", f"comfyfleet/{self.batch_id}/{job.id}")
+        values.setdefault("id", job.id)  # a column like any other: "{{id}}" works
         for column, source in job.image_inputs().items():
             values[column] = self._upload(source)
         entry.loras = self.loras.resolve(job.loras) if job.loras else []

@@ -324,15 +324,7 @@ def _parse_row(
         else:
             workflow = str(candidate.resolve())
 
-    values: dict[str, Any] = {}
-    for name in ("prompt", "negative", "checkpoint"):
-        values[name] = _text(row.get(name))
-    for name, (low, high) in _INT_COLUMNS.items():
-        values[name] = _integer(row.get(name), name, low, high, where, errors)
-    values["cfg"] = _number(row.get("cfg"), "cfg", 0.0, 100.0, where, errors)
-    for name in ("width", "height"):
-        if values[name] is not None and values[name] % 8:
-            errors.append(f"{where}: column '{name}': {values[name]} is not a multiple of 8")
+    values = _standard_values(row, where, errors, builtin=workflow in builtin_workflows)
 
     video = _text(row.get("video"))
     if video is not None and video not in video_workflows:
@@ -377,6 +369,27 @@ def _parse_row(
         video=video,
         extra=extra,
     )
+
+
+def _standard_values(
+    row: Mapping[str, Any], where: str, errors: list[str], *, builtin: bool
+) -> dict[str, Any]:
+    """The standard columns of a row, checked (``errors`` collects the problems).
+
+    Width and height must be multiples of 8 only for built-in workflows, whose latent sizes
+    need it; a user workflow may use them anywhere (``ImageScale`` takes any size), and
+    ComfyUI checks its own limits there.
+    """
+    values: dict[str, Any] = {}
+    for name in ("prompt", "negative", "checkpoint"):
+        values[name] = _text(row.get(name))
+    for name, (low, high) in _INT_COLUMNS.items():
+        values[name] = _integer(row.get(name), name, low, high, where, errors)
+    values["cfg"] = _number(row.get("cfg"), "cfg", 0.0, 100.0, where, errors)
+    for name in ("width", "height"):
+        if builtin and values[name] is not None and values[name] % 8:
+            errors.append(f"{where}: column '{name}': {values[name]} is not a multiple of 8")
+    return values
 
 
 def _text(value: Any) -> str | None:

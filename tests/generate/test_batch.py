@@ -440,3 +440,22 @@ def test_missing_model_files_are_refused_naming_the_catalog_id(
     fake.models["checkpoints"].append("Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors")
     again = run_batch(jobs[:1], client=client, store=local_store, batch_id="models2")
     assert again.results[0].status == "ok", again.results[0].error
+
+
+def test_id_is_a_placeholder_like_any_column(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 5: ``{{id}}`` is filled with the job's id."""
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+        "2": {"class_type": "SaveImage",
+              "inputs": {"images": ["1", 0], "filename_prefix": "named/{{id}}"}},
+    }  # fmt: skip
+    (tmp_path / "wf.json").write_text(json.dumps(graph))
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(4, 5, 6)))
+    jobs = make_jobs([{"id": "job-7", "workflow": str(tmp_path / "wf.json"), "image": "in.png"}])
+    report = run_batch(jobs, client=client, store=local_store, batch_id="ids")
+    assert report.results[0].status == "ok", report.results[0].error
+    (item,) = fake.accepted
+    assert item[2]["2"]["inputs"]["filename_prefix"] == "named/job-7"

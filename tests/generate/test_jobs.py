@@ -171,3 +171,15 @@ def test_duplicate_id_of_an_invalid_row_is_reported_with_its_other_problem(tmp_p
     text = str(info.value)
     assert "row 2 (id 'a'): column 'workflow': 'nope'" in text
     assert "rows 1, 2: column 'id': duplicate id 'a'" in text
+
+
+def test_multiple_of_8_only_for_builtin_latent_sizes(tmp_path: Path) -> None:
+    """Issue 9 item 4: a user workflow may take any width/height (ImageScale does)."""
+    (tmp_path / "scale.json").write_text("{}")
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,workflow,width,height\nu,scale.json,100,75\n")
+    (job,) = read(path)
+    assert (job.width, job.height) == (100, 75)
+    path.write_text("id,workflow,width,height\nb,sdxl_t2i,100,72\n")
+    with pytest.raises(ConfigError, match="column 'width': 100 is not a multiple of 8"):
+        read(path)
