@@ -51,6 +51,7 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
     ├── InstanceError                GPU/disk facts could not be read (nvidia-smi failed)
     ├── ComfyError                   ComfyUI answered with an error
     │   ├── ComfyValidationError     HTTP 400 from /prompt, with every node error listed
+    │   │   └── ComfyPartialPrompt       200 with node_errors: part of the prompt was queued
     │   ├── ComfyExecutionError      execution_error: node id, node type, exception message
     │   ├── ComfyInterrupted         the prompt was interrupted
     │   ├── ComfyTimeout             the prompt did not finish in time           (+ TransientError)
@@ -351,6 +352,23 @@ class ComfyConnectionError(ComfyError, TransientError):
 
 class InputImageError(ComfyError):
     """An input image cannot be used (missing, too large, not PNG/JPEG/WebP)."""
+
+
+class ComfyPartialPrompt(ComfyValidationError):
+    """ComfyUI answered 200 with ``node_errors``: it queued the valid outputs of a prompt and
+    dropped the rest. ``prompt_id`` names what it queued (cancelled at once, but it may have
+    run and written files before the cancel arrived)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_id: str,
+        node_errors: Sequence[NodeError] = (),
+        hint: str | None = None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        super().__init__(message, node_errors=node_errors, hint=hint)
 
 
 class FalError(ComfyfleetError):

@@ -33,6 +33,7 @@ import httpx
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
+    ComfyPartialPrompt,
     ComfyTimeout,
     ComfyValidationError,
     NodeError,
@@ -126,9 +127,12 @@ def _validation_hint(errors: list[NodeError], error_type: str) -> str:
     return "fix the listed inputs in the workflow (see ComfyUI's /object_info for valid values)"
 
 
-def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationError:
-    """A :class:`ComfyValidationError` from a ``/prompt`` answer (400 body, or 200 with
-    ``node_errors`` when ComfyUI dropped the invalid outputs)."""
+def validation_error(
+    answer: Any, *, accepted: bool = False, prompt_id: str = ""
+) -> ComfyValidationError:
+    """A :class:`ComfyValidationError` from a ``/prompt`` answer (400 body), or with
+    ``accepted`` a :class:`ComfyPartialPrompt` (200 with ``node_errors``: ComfyUI queued the
+    valid outputs as ``prompt_id`` and dropped the rest)."""
     body = answer if isinstance(answer, Mapping) else {}
     error = body.get("error")
     error_type, message, details = "", "", ""
@@ -149,7 +153,12 @@ def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationE
             class_type = message[len("Cannot execute because node ") : -len(" does not exist.")]
         errors = [NodeError(node_id, class_type, "", message)]
     if accepted:
-        summary = "ComfyUI accepted the workflow but dropped the outputs that failed validation"
+        return ComfyPartialPrompt(
+            f"ComfyUI queued prompt {prompt_id} but dropped the outputs that failed validation",
+            prompt_id=prompt_id,
+            node_errors=errors,
+            hint=_validation_hint(errors, error_type),
+        )
     else:
         summary = f"ComfyUI rejected the workflow: {message or 'validation failed'}"
         if details and not errors:
@@ -516,16 +525,35 @@ class ComfyClient:
             with self._lock:
                 self._late.add(queued_id)
         if answer.get("node_errors"):
-            # Partially valid: ComfyUI silently drops the invalid outputs. Not what was asked.
+            # Partially valid: ComfyUI silently drops the invalid outputs. Not what was asked:
+            # cancel it; the caller collects what it may have written (settle()).
             self._cancel(queued_id)
             listener.unwatch(queued_id)
-            raise validation_error(answer, accepted=True)
+            raise validation_error(answer, accepted=True, prompt_id=queued_id)
         return queued_id
 
     def _cancel(self, prompt_id: str) -> None:
         with contextlib.suppress(ComfyError):
             self._request("POST", "/queue", json={"delete": [prompt_id]})
             self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def settle(self, prompt_id: str, *, timeout: float = 30.0) -> list[OutputFile]:
+        """The files a cancelled prompt wrote before it stopped ([] when it never ran).
+
+        Waits until the prompt has left the queue (the interrupt takes effect between nodes),
+        then reads its history entry. Raises :class:`ComfyTimeout` when it is still queued.
+        """
+        deadline = time.monotonic() + timeout
+        while prompt_id in self._queued_ids():
+            if time.monotonic() >= deadline:
+                raise ComfyTimeout(
+                    f"cancelled prompt {prompt_id} is still in ComfyUI's queue after {timeout:g} s",
+                    hint="interrupt it (POST /interrupt) or wait for it to finish",
+                )
+            time.sleep(min(self.poll_interval, 0.2))
+        entry = self._history_entry(prompt_id)
+        outputs = entry.get("outputs") if entry is not None else None
+        return parse_outputs(outputs) if isinstance(outputs, Mapping) else []
 
     def run(
         self,
@@ -737,6 +765,25 @@ def _is_link(value: Any) -> bool:
     )
 
 
+def _number_problem(spec: Any, value: Any) -> str:
+    """What ComfyUI's validation would say about an INT/FLOAT input value ('' if fine):
+    the conversion (``int(x)``/``float(x)``) and the ``min``/``max`` of the spec."""
+    if not isinstance(spec, list | tuple) or not spec or spec[0] not in ("INT", "FLOAT"):
+        return ""
+    kind = str(spec[0])
+    try:
+        number = int(value) if kind == "INT" else float(value)
+    except (TypeError, ValueError):
+        return f"Failed to convert an input value to a {kind} value: {value!r}"
+    options = _spec_options(spec)
+    low, high = options.get("min"), options.get("max")
+    if isinstance(low, int | float) and number < low:
+        return f"Value {number} smaller than min of {low}"
+    if isinstance(high, int | float) and number > high:
+        return f"Value {number} bigger than max of {high}"
+    return ""
+
+
 def _check_node(
     node_id: str,
     class_type: str,
@@ -763,6 +810,10 @@ def _check_node(
                         f"links to node {value[0]}, which is not in the workflow",
                     )
                 )
+            continue
+        number_problem = _number_problem(spec, value)
+        if number_problem:
+            problems.append(NodeError(node_id, class_type, name, number_problem))
             continue
         options = combo_options(spec)
         if options is None or isinstance(value, Mapping):

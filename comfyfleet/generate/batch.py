@@ -50,6 +50,7 @@ from comfyfleet.comfy.workflows import LoraSpec, apply_loras, build_workflow
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyfleetError,
+    ComfyPartialPrompt,
     ComfyTimeout,
     ConfigError,
     StoreError,
@@ -316,6 +317,12 @@ class _Engine:
         try:
             submitted = time.monotonic()
             entry.prompt_id = self.client.submit(entry.workflow)
+        except ComfyPartialPrompt as exc:
+            # ComfyUI queued part of it despite the preflight; the client cancelled it.
+            self._slots.release()
+            entry.prompt_id = exc.prompt_id
+            self._post.submit(self._collect_partial, entry, exc)
+            return
         except Exception as exc:  # noqa: BLE001
             self._slots.release()
             self._retry_or_fail(entry, exc)
@@ -376,7 +383,23 @@ class _Engine:
                     )
                 self._cv.notify_all()
 
-    def _fail(self, entry: _Entry, message: str) -> None:
+    def _collect_partial(self, entry: _Entry, exc: ComfyPartialPrompt) -> None:
+        """Fail a job whose prompt ComfyUI queued only in part, keeping its prompt id and
+        storing whatever the prompt wrote before the cancel took effect (no orphans)."""
+        message = describe(exc)
+        keys: list[str] = []
+        try:
+            files = self.client.settle(exc.prompt_id)
+            prefix = job_prefix(self.batch_id, entry.job.id)
+            keys = store_outputs(self.client, self.store, prefix, files, clean=True)
+        except Exception as err:  # noqa: BLE001 - the row says what could not be collected
+            message += f"; its outputs could not be collected: {describe(err)}"
+        else:
+            if keys:
+                message += f"; the {len(keys)} file(s) it wrote before the cancel are stored"
+        self._fail(entry, message, outputs=keys)
+
+    def _fail(self, entry: _Entry, message: str, *, outputs: Sequence[str] = ()) -> None:
         started = entry.first_submit
         self._complete(
             JobResult(
@@ -384,6 +407,7 @@ class _Engine:
                 status="failed",
                 workflow=_workflow_label(entry.job.workflow),
                 wall_seconds=time.monotonic() - started if started is not None else 0.0,
+                outputs=list(outputs),
                 error=message,
                 prompt_id=entry.prompt_id,
                 attempt=entry.attempt,

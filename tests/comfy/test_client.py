@@ -16,6 +16,7 @@ from comfyfleet.errors import (
     ComfyError,
     ComfyExecutionError,
     ComfyInterrupted,
+    ComfyPartialPrompt,
     ComfyTimeout,
     ComfyValidationError,
     is_transient,
@@ -134,6 +135,8 @@ def test_partially_valid_prompt_is_refused_and_removed(
         client.submit(partial)
     assert "dropped the outputs" in str(caught.value)
     assert [(e.node_id, e.input_name) for e in caught.value.node_errors] == [("20", "images")]
+    assert isinstance(caught.value, ComfyPartialPrompt)
+    assert caught.value.prompt_id == fake.accepted[-1][1]  # the id it was queued under
     pending = client.queue()["queue_pending"]
     assert pending == []  # the half-valid prompt did not stay queued
     client.interrupt()
@@ -371,3 +374,16 @@ def test_parse_outputs_kinds() -> None:
         ("60", "gifs", True),
     ]
     assert files[2].format == "video/h264-mp4" and files[1].ref == "anim/w_00001_.webp"
+
+
+def test_check_workflow_refuses_numbers_comfyui_would_refuse(client: ComfyClient) -> None:
+    """Issue 9 item 6: the preflight covers INT/FLOAT conversion and min/max, so a prompt
+    never reaches ComfyUI half valid for a reason the check could have seen."""
+    graph = txt2img(seed=1)
+    graph["5"]["inputs"]["width"] = 99999
+    graph["3"]["inputs"]["steps"] = "many"
+    with pytest.raises(ComfyValidationError) as caught:
+        client.check_workflow(graph)
+    found = {(e.node_id, e.input_name): e.message for e in caught.value.node_errors}
+    assert found[("5", "width")] == "Value 99999 bigger than max of 16384"
+    assert found[("3", "steps")].startswith("Failed to convert an input value to a INT value")

@@ -459,3 +459,36 @@ def test_id_is_a_placeholder_like_any_column(
     assert report.results[0].status == "ok", report.results[0].error
     (item,) = fake.accepted
     assert item[2]["2"]["inputs"]["filename_prefix"] == "named/job-7"
+
+
+def test_partially_queued_prompt_keeps_its_id_and_leaves_no_orphans(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 6: when ComfyUI still answers 200 with ``node_errors`` (an input the
+    preflight leaves to ComfyUI: an input image that is not there), it runs the valid branch.
+    The row keeps the prompt id, and what that branch wrote is collected into the job's folder
+    instead of staying behind in ComfyUI's output folder unaccounted for."""
+    fake.add_input_image("ok.png", png_bytes(rgb=(7, 7, 7)))
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "ok.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "not-uploaded.png"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
+    }  # fmt: skip
+    (tmp_path / "two.json").write_text(json.dumps(graph))
+    jobs = make_jobs([{"id": "half", "workflow": str(tmp_path / "two.json")}])
+    report = run_batch(jobs, client=client, store=local_store, batch_id="half")
+    (row,) = read_results(local_store, "half")
+    (accepted,) = fake.accepted
+    assert row["status"] == "failed" and "dropped the outputs" in row["error"]
+    assert "not-uploaded.png" in row["error"]
+    assert row["prompt_id"] == accepted[1] == report.results[0].prompt_id
+    written = [
+        f["filename"]
+        for out in fake.history().get(accepted[1], {}).get("outputs", {}).values()
+        for f in out.get("images", [])
+    ]
+    stored_names = [k.rsplit("/", 1)[-1] for k in row["outputs"]]
+    assert stored_names == written  # every file it wrote is accounted for (or none ran)
+    assert stored(local_store, "outputs/half/half/") == sorted(row["outputs"])
