@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.comfy.template import load_workflow_file
 from comfyfleet.comfy.workflows import LoraSpec, parse_loras
 from comfyfleet.errors import ConfigError
 
@@ -268,6 +269,7 @@ def parse_jobs(
         job_id = job.id if job is not None else str(row.get("id") or "").strip()
         if job_id:
             seen.setdefault(job_id, []).append(index)
+    problems.extend(_workflow_file_problems(jobs, source))
     for job_id, rows in seen.items():
         if len(rows) > 1:
             problems.append(
@@ -281,6 +283,27 @@ def parse_jobs(
             hint="fix the rows named above (rows count from 1, the header excluded)",
         )
     return jobs
+
+
+def _workflow_file_problems(jobs: Iterable[Job], source: Path) -> list[str]:
+    """Every workflow file the jobs name, read and parsed once before the batch starts: a
+    file that is not JSON or not an API-format workflow is a problem of the jobs file, not a
+    failure found when its first job runs."""
+    rows_of: dict[str, list[int]] = {}
+    for job in jobs:
+        if job.workflow.lower().endswith(".json"):
+            rows_of.setdefault(job.workflow, []).append(job.row)
+    problems: list[str] = []
+    for workflow, rows in rows_of.items():
+        try:
+            load_workflow_file(workflow)
+        except ConfigError as exc:
+            label = "row" if len(rows) == 1 else "rows"
+            problems.append(
+                f"{source.name} {label} {', '.join(map(str, rows))}: column 'workflow': "
+                f"{exc.message}"
+            )
+    return problems
 
 
 def _parse_row(

@@ -206,3 +206,20 @@ def test_flow_task_does_not_retry_the_batch(prefect_harness: None, tmp_path: Pat
             )
         )
     assert [r.run_count for r in runs] == [1]
+
+
+def test_cli_checks_every_workflow_file_first(
+    fake: FakeComfyUI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 item 15: a workflow file that is not JSON stops the batch before it starts:
+    exit 2, nothing submitted (before: the good jobs ran, the bad one failed, exit 1)."""
+    (tmp_path / "broken.json").write_text("{not json")
+    jobs = write_jobs(tmp_path, [
+        {"id": "fine", "workflow": "sdxl_txt2img", "prompt": "x"},
+        {"id": "bad", "workflow": "broken.json"},
+    ])  # fmt: skip
+    code = main(["generate", str(jobs), "--comfy-url", fake.url,
+                 "--store", str(tmp_path / "s"), "--no-fal"])  # fmt: skip
+    assert code == 2
+    assert "broken.json is not valid JSON" in capsys.readouterr().err
+    assert fake.accepted == [] and not any(p == "/prompt" for _, p in fake.requests)
