@@ -358,20 +358,7 @@ def _parse_row(
 
     loras = _loras(row.get("loras"), where, errors)
 
-    extra: dict[str, Any] = {}
-    for name, value in row.items():
-        if name in KNOWN_COLUMNS or _blank(value):
-            continue
-        extra[name] = value
-    images: dict[str, str] = {}
-    for name, value in [("image", row.get("image")), *extra.items()]:
-        if not is_image_column(name) or _blank(value):
-            continue
-        if not isinstance(value, str):
-            errors.append(f"{where}: column '{name}': expected a URL or a path, got {value!r}")
-            continue
-        images[name] = _image_location(value.strip(), name, base_dir, where, errors)
-    extra.update({k: v for k, v in images.items() if k != "image"})
+    extra, images = _extra_columns(row, base_dir, where, errors)
 
     if errors:
         return None
@@ -392,6 +379,28 @@ def _parse_row(
         video=video,
         extra=extra,
     )
+
+
+def _extra_columns(
+    row: Mapping[str, Any], base_dir: Path, where: str, errors: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the non-standard columns with a value, the image columns as URLs or resolved paths);
+    image paths of extra columns replace their cells in the first."""
+    extra: dict[str, Any] = {}
+    for name, value in row.items():
+        if name in KNOWN_COLUMNS or _blank(value):
+            continue
+        extra[name] = value
+    images: dict[str, str] = {}
+    for name, value in [("image", row.get("image")), *extra.items()]:
+        if not is_image_column(name) or _blank(value):
+            continue
+        if not isinstance(value, str):
+            errors.append(f"{where}: column '{name}': expected a URL or a path, got {value!r}")
+            continue
+        images[name] = _image_location(value.strip(), name, base_dir, where, errors)
+    extra.update({k: v for k, v in images.items() if k != "image"})
+    return extra, images
 
 
 def _standard_values(
