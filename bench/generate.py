@@ -46,7 +46,7 @@ os.environ.update(
 )
 
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402
-from comfyfleet.generate.batch import run_batch  # noqa: E402
+from comfyfleet.generate.batch import BatchOptions, run_batch  # noqa: E402
 from comfyfleet.generate.jobs import Job  # noqa: E402
 from comfyfleet.store.local import LocalStore  # noqa: E402
 from tests.doubles.comfyui import FakeComfyUI  # noqa: E402
@@ -92,7 +92,11 @@ def one_run(jobs: int, exec_s: float, depth: int, workdir: Path) -> dict[str, An
         with ComfyClient(url) as client:
             began = time.monotonic()
             report = run_batch(
-                batch, client=client, store=store, batch_id="bench", queue_depth=depth
+                batch,
+                client=client,
+                store=store,
+                batch_id="bench",
+                options=BatchOptions(queue_depth=depth),
             )
             ended = time.monotonic()
             wall = ended - began

@@ -19,6 +19,8 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
   exactly one owner: the CLI's library driver when run from the command line, or the Prefect
   task when run as a flow. A flow therefore passes ``file_attempts=1``
   (:data:`FLOW_FILE_ATTEMPTS`) and lets its task's ``retries`` + ``transient_only`` decide.
+  For a batch job the one owner is the generate engine in both faces
+  (``BatchOptions.retries``); the flow's batch task has no retries of its own.
 - Nothing retries a non-transient error: 401/403/404, a sha256 mismatch that repeats, bad
   input. They fail at once with their hint.
 
@@ -51,6 +53,7 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
     ├── InstanceError                GPU/disk facts could not be read (nvidia-smi failed)
     ├── ComfyError                   ComfyUI answered with an error
     │   ├── ComfyValidationError     HTTP 400 from /prompt, with every node error listed
+    │   │   └── ComfyPartialPrompt       200 with node_errors: part of the prompt was queued
     │   ├── ComfyExecutionError      execution_error: node id, node type, exception message
     │   ├── ComfyInterrupted         the prompt was interrupted
     │   ├── ComfyTimeout             the prompt did not finish in time           (+ TransientError)
@@ -359,6 +362,23 @@ class ComfyConnectionError(ComfyError, TransientError):
 
 class InputImageError(ComfyError):
     """An input image cannot be used (missing, too large, not PNG/JPEG/WebP)."""
+
+
+class ComfyPartialPrompt(ComfyValidationError):
+    """ComfyUI answered 200 with ``node_errors``: it queued the valid outputs of a prompt and
+    dropped the rest. ``prompt_id`` names what it queued (cancelled at once, but it may have
+    run and written files before the cancel arrived)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_id: str,
+        node_errors: Sequence[NodeError] = (),
+        hint: str | None = None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        super().__init__(message, node_errors=node_errors, hint=hint)
 
 
 class FalError(ComfyfleetError):

@@ -5,14 +5,16 @@ ComfyUI's queue full with its own threads (a Prefect task per job would add engi
 between prompts and make ComfyUI idle). Jobs reach the UI as a throttled progress artifact
 while the batch runs, then as a table artifact (one row per job) and a markdown summary.
 
-The task retries (transient errors only: ComfyUI not up yet, store hiccups) by running the
-batch again: finished jobs are skipped from ``results.parquet``, so a retry only does what
-is left.
+The flow builds :class:`~comfyfleet.generate.batch.BatchOptions` from its parameters, as the
+CLI does from its arguments, and runs the same driver. Retries have one owner (errors.py): the
+engine resubmits a job after a transient error, ``retries`` times; the task itself does not
+retry, or job attempts would multiply. A rerun with the same batch id skips finished jobs.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -26,7 +28,9 @@ from prefect.cache_policies import NO_CACHE
 
 from comfyfleet.errors import ConfigError
 from comfyfleet.generate.batch import (
+    DEFAULT_OPTIONS,
     BatchEvent,
+    BatchOptions,
     BatchReport,
     VideoSettings,
     default_batch_id,
@@ -38,7 +42,6 @@ from flows._common import (
     artifact_key,
     load_tokens,
     open_flow_store,
-    transient_only,
 )
 
 
@@ -96,40 +99,25 @@ class _Progress:
                 get_run_logger().warning("progress artifact disabled: %s", exc)
 
 
-@task(
-    name="run-batch",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=30,
-    retry_condition_fn=transient_only,
-)
+@task(name="run-batch", cache_policy=NO_CACHE, retries=0)
 def run_batch_task(
     jobs_file: str,
     comfy_url: str,
+    options: BatchOptions,
     store_uri: str | None,
     store_block: str | None,
-    batch_id: str | None,
-    queue_depth: int,
-    retries: int,
-    comfy_root: str | None,
-    catalog: list[str],
-    fal_fallback: bool,
-    local_video: bool,
     fal_block: str | None,
-    fal_url: str | None,
     tokens_block: str | None,
 ) -> BatchReport:
+    """The batch, by the same driver as the CLI. No task retries: the engine resubmits jobs
+    (``options.retries``), and a rerun of the flow resumes the batch."""
     logger = get_run_logger()
     store = open_flow_store(store_uri, store_block)
-    batch = batch_id or default_batch_id(jobs_file)
-    # The key is read here, inside the task, so it never travels as a parameter.
-    video = VideoSettings(
-        local=local_video,
-        fal=fal_fallback,
-        fal_settings=FalSettings(
-            key=_fal_key(fal_block) if fal_fallback else None, base_url=fal_url
-        ),
-    )
+    batch = options.batch_id or default_batch_id(jobs_file)
+    if fal_block and options.video.fal:
+        # The key is read here, inside the task, so it never travels as a parameter.
+        fal_settings = replace(options.video.fal_settings, key=_fal_key(fal_block))
+        options = replace(options, video=replace(options.video, fal_settings=fal_settings))
     progress = _Progress(_artifact_key("generate-progress", batch))
 
     def on_event(event: BatchEvent) -> None:
@@ -139,14 +127,9 @@ def run_batch_task(
 
     report = generate_from_file(
         jobs_file,
+        replace(options, batch_id=batch),
         comfy_url=comfy_url,
         store=store,
-        batch_id=batch,
-        queue_depth=queue_depth,
-        retries=retries,
-        comfy_root=comfy_root,
-        catalog_paths=catalog,
-        video=video,
         tokens=load_tokens(tokens_block),
         on_event=on_event,
     )
@@ -171,15 +154,16 @@ def generate_batch(
     store: str | None = None,
     store_block: str | None = None,
     batch_id: str | None = None,
-    queue_depth: int = 2,
-    retries: int = 2,
+    queue_depth: int = DEFAULT_OPTIONS.queue_depth,
+    retries: int = DEFAULT_OPTIONS.retries,
     comfy_root: str | None = None,
     catalog: list[str] | None = None,
-    fal_fallback: bool = True,
-    local_video: bool = True,
+    fal_fallback: bool = DEFAULT_OPTIONS.video.fal,
+    local_video: bool = DEFAULT_OPTIONS.video.local,
     fal_block: str | None = None,
     fal_url: str | None = None,
     tokens_block: str | None = None,
+    ready_timeout_s: float = DEFAULT_OPTIONS.ready_timeout_s,
 ) -> dict[str, Any]:
     """Run JOBS_FILE on ComfyUI (``comfy_url`` or a ``comfyfleet-comfyui`` block), outputs to
     the store (URI or ``comfyfleet-store`` block); video stages fall back to fal.ai
@@ -187,22 +171,18 @@ def generate_batch(
     catalog id or link are pulled into ``comfy_root`` (mirrored first with the tokens of a
     ``comfyfleet-source-tokens`` block, else ``$HF_TOKEN``/``$CIVITAI_TOKEN``)."""
     url = _comfy_url(comfy_url, comfy_block)
-    report = run_batch_task(
-        jobs_file,
-        url,
-        store,
-        store_block,
-        batch_id,
-        queue_depth,
-        retries,
-        comfy_root,
-        list(catalog or []),
-        fal_fallback,
-        local_video,
-        fal_block,
-        fal_url,
-        tokens_block,
+    options = BatchOptions(
+        batch_id=batch_id,
+        queue_depth=queue_depth,
+        retries=retries,
+        ready_timeout_s=ready_timeout_s,
+        comfy_root=comfy_root,
+        catalog_paths=tuple(catalog or ()),
+        video=VideoSettings(
+            local=local_video, fal=fal_fallback, fal_settings=FalSettings(base_url=fal_url)
+        ),
     )
+    report = run_batch_task(jobs_file, url, options, store, store_block, fal_block, tokens_block)
     create_table_artifact(
         table=report.table(),
         key=_artifact_key("generate-jobs", report.batch_id),

@@ -109,7 +109,7 @@ def test_known_corrections_of_the_original_list() -> None:
         assert isinstance(src, HFSource) and src.repo == "Comfy-Org/HunyuanVideo_repackaged"
     cog = [m for m in catalog.models.values() if m.folder == "CogVideo"]
     assert {m.file.split("/")[1] for m in cog} == {"transformer", "vae", "scheduler"}
-    assert all(m.file.startswith("CogVideoX-5b/") for m in cog)
+    assert all(m.file.startswith(("CogVideoX-5b/", "CogVideoX-5b-I2V/")) for m in cog)
     assert catalog.get("animatediff-sdxl-v10-beta").folder == "animatediff_models"
     assert catalog.get("svd-xt").folder == "checkpoints"
 

@@ -59,7 +59,7 @@ def test_list_full_json_has_every_file_with_its_sha256(capsys: pytest.CaptureFix
     full = data["profiles"]["full"]
     assert full["count"] == len(catalog.models)
     assert full["total_bytes"] == catalog.total_size()
-    assert full["min_vram_gb"] == 22
+    assert full["min_vram_gb"] == 40
 
 
 def test_list_json_storage_table_covers_every_profile(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,14 +134,14 @@ def test_list_unknown_profile_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
 def test_validate_builtin_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "catalog", "validate")
     assert code == 0
-    assert out.startswith(f"ok: 24 models, 4 profiles in {builtin_catalog_path()}")
+    assert out.startswith(f"ok: 36 models, 4 profiles in {builtin_catalog_path()}")
     assert all(line.startswith("warning: ") for line in err.splitlines())
 
 
 def test_validate_with_user_file_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "catalog", "validate", "--catalog", "builtin", "--catalog", EXAMPLE)
     assert code == 0
-    assert out.startswith(f"ok: 26 models, 5 profiles in {builtin_catalog_path()}, {EXAMPLE}")
+    assert out.startswith(f"ok: 38 models, 5 profiles in {builtin_catalog_path()}, {EXAMPLE}")
 
 
 def test_validate_reports_each_problem_and_exits_2(

@@ -23,8 +23,14 @@ from comfyfleet.cli.common import (
     print_json,
 )
 from comfyfleet.cli.stores import resolve_store
-from comfyfleet.errors import ConfigError
-from comfyfleet.generate.batch import BatchEvent, BatchReport, VideoSettings, generate_from_file
+from comfyfleet.generate.batch import (
+    DEFAULT_OPTIONS,
+    BatchEvent,
+    BatchOptions,
+    BatchReport,
+    VideoSettings,
+    generate_from_file,
+)
 from comfyfleet.generate.fal import FAL_KEY_ENV, FalSettings
 
 
@@ -50,16 +56,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--queue-depth",
         type=positive_int,
-        default=2,
+        default=DEFAULT_OPTIONS.queue_depth,
         metavar="N",
-        help="prompts kept queued in ComfyUI at once (default 2: never idle)",
+        help="prompts kept queued in ComfyUI at once (default %(default)s: never idle)",
     )
     parser.add_argument(
         "--retries",
         type=non_negative_int,
-        default=2,
+        default=DEFAULT_OPTIONS.retries,
         metavar="N",
-        help="retries per job on connection errors",
+        help="retries per job on connection errors (default %(default)s)",
     )
     parser.add_argument(
         "--comfy-root",
@@ -72,7 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--fal-fallback",
         dest="fal",
         action="store_true",
-        default=True,
+        default=DEFAULT_OPTIONS.video.fal,
         help="run video stages on fal.ai when ComfyUI cannot (default; needs FAL_KEY)",
     )
     fal.add_argument("--no-fal", dest="fal", action="store_false", help="never call fal.ai")
@@ -80,6 +86,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-local-video",
         dest="local_video",
         action="store_false",
+        default=DEFAULT_OPTIONS.video.local,
         help="do not run video stages on ComfyUI (fal.ai only)",
     )
     parser.add_argument(
@@ -89,15 +96,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=cmd_generate)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    if args.queue_depth < 1:
-        raise ConfigError(f"--queue-depth {args.queue_depth} must be at least 1")
-    store = resolve_store(args)
-    video = VideoSettings(
-        local=args.local_video,
-        fal=args.fal,
-        fal_settings=FalSettings(base_url=args.fal_url),
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    """The batch options the command line gave (the rest keep BatchOptions' defaults)."""
+    return BatchOptions(
+        batch_id=args.batch_id,
+        queue_depth=args.queue_depth,
+        retries=args.retries,
+        comfy_root=args.comfy_root,
+        catalog_paths=tuple(args.catalog or ()),
+        video=VideoSettings(
+            local=args.local_video,
+            fal=args.fal,
+            fal_settings=FalSettings(base_url=args.fal_url),
+        ),
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    options = batch_options(args)
+    store = resolve_store(args)
     err = Console(file=sys.stderr)
     if args.fal and not FalSettings().resolved_key() and not args.json:
         err.print(f"[dim]note: {FAL_KEY_ENV} is not set; video stages can only run locally[/]")
@@ -130,16 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     with progress:
         report = generate_from_file(
-            args.jobs_file,
-            comfy_url=args.comfy_url,
-            store=store,
-            batch_id=args.batch_id,
-            queue_depth=args.queue_depth,
-            retries=args.retries,
-            comfy_root=args.comfy_root,
-            catalog_paths=args.catalog,
-            video=video,
-            on_event=on_event,
+            args.jobs_file, options, comfy_url=args.comfy_url, store=store, on_event=on_event
         )
     if args.json:
         print_json(report_json(report))

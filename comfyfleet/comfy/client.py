@@ -10,22 +10,19 @@ The one boundary where httpx and websockets errors become comfyfleet errors:
 * no result within the caller's timeout       -> :class:`ComfyTimeout` (transient)
 * an input image that is not PNG/JPEG/WebP or too big -> :class:`InputImageError`
 
-Completion follows ComfyUI's contract (reference/comfyui-api.md §2): a prompt is finished
-only at ``executing`` with ``node: null`` for its id, which ComfyUI sends after writing the
-history entry. The socket is an accelerator, not the source of truth: a dropped socket, a
-reconnect gap or a prompt submitted by someone else all fall back to ``GET /history/<id>``.
+Following a prompt to its end (WebSocket events, /history as the truth) is
+:mod:`comfyfleet.comfy.tracking`; this module gives it HTTP answers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,8 +33,7 @@ import httpx
 from comfyfleet.errors import (
     ComfyConnectionError,
     ComfyError,
-    ComfyExecutionError,
-    ComfyInterrupted,
+    ComfyPartialPrompt,
     ComfyTimeout,
     ComfyValidationError,
     NodeError,
@@ -46,22 +42,25 @@ from comfyfleet.errors import (
 from .folders import FOLDER_LOADERS, MODEL_INPUT_FOLDERS, http_folder, looks_like_model
 from .images import DEFAULT_MAX_IMAGE_BYTES, content_name, display_source, load_image_source
 from .template import image_columns
-from .ws import CONNECTION_EVENT, EventListener, ProgressEvent
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
-
-# WebSocket message types that reach the caller's progress callback.
-_PROGRESS_TYPES = frozenset(
-    {
-        "execution_start",
-        "execution_cached",
-        "executing",
-        "progress",
-        "executed",
-        "execution_success",
-    }
+from .tracking import (
+    OutputFile,
+    PollPolicy,
+    ProgressCallback,
+    PromptFollower,
+    PromptResult,
+    parse_outputs,
 )
+from .ws import EventListener
+
+__all__ = [
+    "ComfyClient",
+    "OutputFile",
+    "PromptResult",
+    "UploadedImage",
+    "combo_options",
+    "parse_outputs",
+    "validation_error",
+]
 
 
 # ---------------------------------------------------------------- results
@@ -81,77 +80,6 @@ class UploadedImage:
         ref = f"{self.subfolder}/{self.name}" if self.subfolder else self.name
         # LoadImage reads the input dir unless the value carries an annotation.
         return ref if self.type == "input" else f"{ref} [{self.type}]"
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file a prompt produced, as listed in its history entry.
-
-    ``kind`` is the history key it came under (``images``, ``gifs`` for VideoHelperSuite,
-    ``audio``, ...), except that entries of a node that also reports ``animated: [true]``
-    (SaveAnimatedWEBP/PNG, SaveWEBM, SaveVideo) get ``animated``: ComfyUI lists videos
-    under ``images``.
-    """
-
-    node_id: str
-    filename: str
-    subfolder: str
-    type: str
-    kind: str
-    format: str = ""  # VHS_VideoCombine's format, e.g. "video/h264-mp4"
-
-    @property
-    def ref(self) -> str:
-        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
-
-    @property
-    def is_video(self) -> bool:
-        return self.kind in ("animated", "gifs", "video") or self.filename.lower().endswith(
-            (".mp4", ".webm", ".mkv", ".mov", ".gif")
-        )
-
-
-@dataclass
-class PromptResult:
-    """A finished prompt: its output files, execution time and the nodes served from cache.
-
-    ``seconds`` is ComfyUI's own execution time (``execution_start`` to
-    ``execution_success`` timestamps) when it reported them, else the time we waited.
-    """
-
-    prompt_id: str
-    outputs: list[OutputFile]
-    seconds: float
-    cached_nodes: list[str]
-    raw_outputs: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-def parse_outputs(outputs: Mapping[str, Any]) -> list[OutputFile]:
-    """Every file in a history ``outputs`` dict (or the ``executed`` outputs collected)."""
-    files: list[OutputFile] = []
-    for node_id, ui in outputs.items():
-        if not isinstance(ui, Mapping):
-            continue
-        animated = ui.get("animated")
-        is_animated = isinstance(animated, list | tuple) and any(bool(a) for a in animated)
-        for key, items in ui.items():
-            if key == "animated" or not isinstance(items, list | tuple):
-                continue
-            for item in items:
-                if not isinstance(item, Mapping) or "filename" not in item:
-                    continue
-                kind = "animated" if key == "images" and is_animated else str(key)
-                files.append(
-                    OutputFile(
-                        node_id=str(node_id),
-                        filename=str(item["filename"]),
-                        subfolder=str(item.get("subfolder") or ""),
-                        type=str(item.get("type") or "output"),
-                        kind=kind,
-                        format=str(item.get("format") or ""),
-                    )
-                )
-    return files
 
 
 # ---------------------------------------------------------------- error translation
@@ -199,9 +127,12 @@ def _validation_hint(errors: list[NodeError], error_type: str) -> str:
     return "fix the listed inputs in the workflow (see ComfyUI's /object_info for valid values)"
 
 
-def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationError:
-    """A :class:`ComfyValidationError` from a ``/prompt`` answer (400 body, or 200 with
-    ``node_errors`` when ComfyUI dropped the invalid outputs)."""
+def validation_error(
+    answer: Any, *, accepted: bool = False, prompt_id: str = ""
+) -> ComfyValidationError:
+    """A :class:`ComfyValidationError` from a ``/prompt`` answer (400 body), or with
+    ``accepted`` a :class:`ComfyPartialPrompt` (200 with ``node_errors``: ComfyUI queued the
+    valid outputs as ``prompt_id`` and dropped the rest)."""
     body = answer if isinstance(answer, Mapping) else {}
     error = body.get("error")
     error_type, message, details = "", "", ""
@@ -222,7 +153,12 @@ def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationE
             class_type = message[len("Cannot execute because node ") : -len(" does not exist.")]
         errors = [NodeError(node_id, class_type, "", message)]
     if accepted:
-        summary = "ComfyUI accepted the workflow but dropped the outputs that failed validation"
+        return ComfyPartialPrompt(
+            f"ComfyUI queued prompt {prompt_id} but dropped the outputs that failed validation",
+            prompt_id=prompt_id,
+            node_errors=errors,
+            hint=_validation_hint(errors, error_type),
+        )
     else:
         summary = f"ComfyUI rejected the workflow: {message or 'validation failed'}"
         if details and not errors:
@@ -230,38 +166,6 @@ def validation_error(answer: Any, *, accepted: bool = False) -> ComfyValidationE
     return ComfyValidationError(
         summary, node_errors=errors, hint=_validation_hint(errors, error_type)
     )
-
-
-def _execution_hint(exception_type: str, message: str) -> str | None:
-    text = f"{exception_type} {message}".lower()
-    if "safetensor" in text or "header too small" in text or "incomplete" in text:
-        return (
-            "a model file is truncated or corrupt: re-pull it (comfyfleet warmup verifies sha256)"
-        )
-    if "outofmemory" in text or "out of memory" in text:
-        return "not enough VRAM: lower the resolution/frames, or free() models between stages"
-    return None
-
-
-# ---------------------------------------------------------------- per-prompt tracking
-
-
-class _PromptLost(Exception):
-    """Neither queued nor in history: waiting longer would never end."""
-
-
-@dataclass
-class _Track:
-    """What the WebSocket has told us about one prompt so far."""
-
-    started: float | None = None
-    start_ms: int | None = None
-    end_ms: int | None = None
-    cached: list[str] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    success: bool = False
-    error: dict[str, Any] | None = None
-    interrupted: dict[str, Any] | None = None
 
 
 class ComfyClient:
@@ -621,16 +525,35 @@ class ComfyClient:
             with self._lock:
                 self._late.add(queued_id)
         if answer.get("node_errors"):
-            # Partially valid: ComfyUI silently drops the invalid outputs. Not what was asked.
+            # Partially valid: ComfyUI silently drops the invalid outputs. Not what was asked:
+            # cancel it; the caller collects what it may have written (settle()).
             self._cancel(queued_id)
             listener.unwatch(queued_id)
-            raise validation_error(answer, accepted=True)
+            raise validation_error(answer, accepted=True, prompt_id=queued_id)
         return queued_id
 
     def _cancel(self, prompt_id: str) -> None:
         with contextlib.suppress(ComfyError):
             self._request("POST", "/queue", json={"delete": [prompt_id]})
             self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def settle(self, prompt_id: str, *, timeout: float = 30.0) -> list[OutputFile]:
+        """The files a cancelled prompt wrote before it stopped ([] when it never ran).
+
+        Waits until the prompt has left the queue (the interrupt takes effect between nodes),
+        then reads its history entry. Raises :class:`ComfyTimeout` when it is still queued.
+        """
+        deadline = time.monotonic() + timeout
+        while prompt_id in self._queued_ids():
+            if time.monotonic() >= deadline:
+                raise ComfyTimeout(
+                    f"cancelled prompt {prompt_id} is still in ComfyUI's queue after {timeout:g} s",
+                    hint="interrupt it (POST /interrupt) or wait for it to finish",
+                )
+            time.sleep(min(self.poll_interval, 0.2))
+        entry = self._history_entry(prompt_id)
+        outputs = entry.get("outputs") if entry is not None else None
+        return parse_outputs(outputs) if isinstance(outputs, Mapping) else []
 
     def run(
         self,
@@ -658,118 +581,26 @@ class ComfyClient:
         with self._lock:
             late = prompt_id in self._late
         registered = listener.is_watched(prompt_id)
-        q = listener.watch(prompt_id)
-        track = _Track()
-        began = time.monotonic()
-        deadline = None if timeout is None else began + timeout
-        generation = listener.generation
-        # Not submitted through this client (or id changed): its events may not reach us.
-        foreign = late or not registered
-        poll_now = foreign or not listener.connected
-        last_heard = began
-        last_poll = float("-inf")
-        unreachable_since: float | None = None
+        follower = PromptFollower(
+            prompt_id,
+            events=listener.watch(prompt_id),
+            connected=lambda: listener.connected,
+            generation=listener.generation,
+            history=self._history_entry,
+            queued_ids=self._queued_ids,
+            history_quiet=self._history_quiet,
+            # Not submitted through this client (or id changed): its events may not reach us.
+            foreign=late or not registered,
+            policy=PollPolicy(self.poll_interval, self.idle_poll, self.reconnect_timeout),
+            timeout=timeout,
+            on_progress=on_progress,
+        )
         try:
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise ComfyTimeout(
-                        f"prompt {prompt_id} did not finish within {timeout:g} s",
-                        hint="it may still be queued or running in ComfyUI: raise the timeout, "
-                        "or interrupt it",
-                    )
-                connected = listener.connected
-                # Polled regularly when the socket cannot tell us: down, HTTP failing, or a
-                # prompt whose events go to another client.
-                blind = foreign or not connected or unreachable_since is not None
-                due = (
-                    poll_now
-                    or (blind and now - last_poll >= self.poll_interval)
-                    or now - max(last_heard, last_poll) >= self.idle_poll
-                )
-                if due:
-                    check_queue = poll_now or blind
-                    poll_now = False
-                    last_poll = now
-                    try:
-                        entry = self._poll_history(prompt_id, check_queue=check_queue)
-                        unreachable_since = None
-                    except _PromptLost:
-                        raise ComfyConnectionError(
-                            f"prompt {prompt_id} is neither queued nor in ComfyUI's history",
-                            hint="ComfyUI restarted or the prompt was deleted from its queue; "
-                            "resubmit it",
-                        ) from None
-                    except ComfyConnectionError:
-                        unreachable_since = unreachable_since or now
-                        if now - unreachable_since >= self.reconnect_timeout:
-                            raise
-                        entry = None
-                    if entry is not None:
-                        return self._finish(prompt_id, track, entry, began)
-                wait_for = self.poll_interval
-                if deadline is not None:
-                    wait_for = max(0.0, min(wait_for, deadline - now))
-                try:
-                    message = q.get(timeout=wait_for)
-                except queue.Empty:
-                    continue
-                last_heard = time.monotonic()
-                kind = message.get("type")
-                data = message.get("data") or {}
-                if kind == CONNECTION_EVENT:
-                    if data.get("connected") and data.get("generation") != generation:
-                        generation = int(data.get("generation") or 0)
-                        poll_now = True  # events during the gap are lost: ask history
-                    elif not data.get("connected"):
-                        poll_now = True
-                    continue
-                if self._absorb(track, str(kind), data):
-                    entry = self._history_quiet(prompt_id)
-                    return self._finish(prompt_id, track, entry, began)
-                if on_progress is not None and kind in _PROGRESS_TYPES:
-                    on_progress(_progress_event(prompt_id, str(kind), data))
+            return follower.run()
         finally:
             listener.unwatch(prompt_id)
             with self._lock:
                 self._late.discard(prompt_id)
-
-    @staticmethod
-    def _absorb(track: _Track, kind: str, data: Mapping[str, Any]) -> bool:
-        """Record one message; True when it is the final ``executing`` (node null)."""
-        if kind == "execution_start":
-            track.started = time.monotonic()
-            track.start_ms = _int_or_none(data.get("timestamp"))
-        elif kind == "execution_cached":
-            track.cached = [str(n) for n in data.get("nodes") or []]
-        elif kind == "executed":
-            node = data.get("node")
-            if node is not None and isinstance(data.get("output"), Mapping):
-                track.outputs[str(node)] = dict(data["output"])
-        elif kind == "execution_success":
-            track.success = True
-            track.end_ms = _int_or_none(data.get("timestamp"))
-        elif kind == "execution_error":
-            track.error = dict(data)
-        elif kind == "execution_interrupted":
-            track.interrupted = dict(data)
-        elif kind == "executing" and "node" in data and data.get("node") is None:
-            return True
-        return False
-
-    def _poll_history(self, prompt_id: str, *, check_queue: bool) -> dict[str, Any] | None:
-        """The history entry, or None while queued/running.
-
-        With ``check_queue``, a prompt in neither queue nor history raises
-        :class:`_PromptLost` (ComfyUI restarted, or someone deleted it).
-        """
-        in_queue = True
-        if check_queue:
-            in_queue = prompt_id in self._queued_ids()
-        entry = self._history_entry(prompt_id)
-        if entry is None and not in_queue:
-            raise _PromptLost(prompt_id)
-        return entry
 
     def _queued_ids(self) -> set[str]:
         answer = self._json("GET", "/queue")
@@ -794,71 +625,6 @@ class ComfyClient:
             return self._history_entry(prompt_id)
         except ComfyError:
             return None  # the WebSocket already told us everything needed
-
-    def _finish(
-        self,
-        prompt_id: str,
-        track: _Track,
-        entry: Mapping[str, Any] | None,
-        began: float,
-    ) -> PromptResult:
-        error, interrupted = track.error, track.interrupted
-        outputs: Mapping[str, Any] = track.outputs
-        cached = track.cached
-        start_ms, end_ms = track.start_ms, track.end_ms
-        status_str = "success" if track.success else ""
-        if entry is not None:
-            raw = entry.get("outputs")
-            if isinstance(raw, Mapping) and (raw or not outputs):
-                outputs = raw
-            status = entry.get("status") if isinstance(entry.get("status"), Mapping) else {}
-            status_str = str((status or {}).get("status_str") or status_str)
-            for item in (status or {}).get("messages") or []:
-                if not (isinstance(item, list | tuple) and len(item) == 2):
-                    continue
-                name, data = item
-                if not isinstance(data, Mapping):
-                    continue
-                if name == "execution_start":
-                    start_ms = _int_or_none(data.get("timestamp")) or start_ms
-                elif name == "execution_cached":
-                    cached = [str(n) for n in data.get("nodes") or []]
-                elif name == "execution_success":
-                    end_ms = _int_or_none(data.get("timestamp")) or end_ms
-                elif name == "execution_error":
-                    error = dict(data)
-                elif name == "execution_interrupted":
-                    interrupted = dict(data)
-        if error is not None:
-            message = str(error.get("exception_message") or "")
-            exception_type = str(error.get("exception_type") or "")
-            raise ComfyExecutionError(
-                prompt_id=prompt_id,
-                node_id=str(error.get("node_id") or ""),
-                node_type=str(error.get("node_type") or ""),
-                exception_message=message,
-                exception_type=exception_type,
-                hint=_execution_hint(exception_type, message),
-            )
-        if interrupted is not None:
-            raise ComfyInterrupted(
-                f"prompt {prompt_id} was interrupted in node {interrupted.get('node_id')} "
-                f"({interrupted.get('node_type')})",
-                hint="an /interrupt stopped it; resubmit to run it again",
-            )
-        if status_str == "error":
-            raise ComfyError(f"prompt {prompt_id} failed in ComfyUI (history status 'error')")
-        if start_ms is not None and end_ms is not None and end_ms >= start_ms:
-            seconds = (end_ms - start_ms) / 1000.0
-        else:
-            seconds = time.monotonic() - (track.started or began)
-        return PromptResult(
-            prompt_id=prompt_id,
-            outputs=parse_outputs(outputs),
-            seconds=seconds,
-            cached_nodes=cached,
-            raw_outputs=dict(outputs),
-        )
 
     # ------------------------------------------------------------ outputs
 
@@ -941,25 +707,6 @@ def _path_only(path: str) -> str:
     return path.split("?", 1)[0]
 
 
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _progress_event(prompt_id: str, kind: str, data: Mapping[str, Any]) -> ProgressEvent:
-    node = data.get("node")
-    return ProgressEvent(
-        prompt_id=prompt_id,
-        type=kind,
-        node=None if node is None else str(node),
-        value=_int_or_none(data.get("value")),
-        max=_int_or_none(data.get("max")),
-        data=dict(data),
-    )
-
-
 def _view_params(f: OutputFile) -> dict[str, str]:
     return {"filename": f.filename, "subfolder": f.subfolder, "type": f.type}
 
@@ -1018,6 +765,25 @@ def _is_link(value: Any) -> bool:
     )
 
 
+def _number_problem(spec: Any, value: Any) -> str:
+    """What ComfyUI's validation would say about an INT/FLOAT input value ('' if fine):
+    the conversion (``int(x)``/``float(x)``) and the ``min``/``max`` of the spec."""
+    if not isinstance(spec, list | tuple) or not spec or spec[0] not in ("INT", "FLOAT"):
+        return ""
+    kind = str(spec[0])
+    try:
+        number = int(value) if kind == "INT" else float(value)
+    except (TypeError, ValueError):
+        return f"Failed to convert an input value to a {kind} value: {value!r}"
+    options = _spec_options(spec)
+    low, high = options.get("min"), options.get("max")
+    if isinstance(low, int | float) and number < low:
+        return f"Value {number} smaller than min of {low}"
+    if isinstance(high, int | float) and number > high:
+        return f"Value {number} bigger than max of {high}"
+    return ""
+
+
 def _check_node(
     node_id: str,
     class_type: str,
@@ -1044,6 +810,10 @@ def _check_node(
                         f"links to node {value[0]}, which is not in the workflow",
                     )
                 )
+            continue
+        number_problem = _number_problem(spec, value)
+        if number_problem:
+            problems.append(NodeError(node_id, class_type, name, number_problem))
             continue
         options = combo_options(spec)
         if options is None or isinstance(value, Mapping):

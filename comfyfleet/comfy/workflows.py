@@ -217,7 +217,7 @@ class Txt2ImgParams:
 class PonyParams(Txt2ImgParams):
     """Pony Diffusion V6 XL: SDXL with clip skip 2 and (optionally) the score tags."""
 
-    checkpoint: str = "v6.safetensors"
+    checkpoint: str = "ponyDiffusionV6XL_v6StartWithThisOne.safetensors"
     steps: int = 25
     cfg: float = 7.0
     sampler: str = "euler_ancestral"
@@ -248,7 +248,7 @@ class WanI2VParams:
     prompt: str = ""
     image: str = ""
     negative: str = ""
-    checkpoint: str = "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"
+    checkpoint: str = "wan2.1_i2v_480p_14B_fp8_scaled.safetensors"
     weight_dtype: str = "default"
     text_encoder: str = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
     vae: str = "wan_2.1_vae.safetensors"
@@ -736,6 +736,23 @@ class WorkflowSpec:
     output_kind: str  # OutputFile.kind of its main output: images | animated | gifs
     description: str
     optional_image: bool = False
+    profile: str = "minimal"  # the catalog profile that holds its default model files
+    # Model folders a wrapper loads by default instead of listed files (folder, "<dir>/").
+    repo_folders: tuple[tuple[str, str], ...] = ()
+
+    def default_models(self) -> list[tuple[str, str]]:
+        """(folder, file) of every model file the workflow loads with default parameters.
+
+        A model ComfyUI does not list (CogVideoX's wrapper loads a Hugging Face repo folder)
+        gives ``(folder, "<repo name>/")``: the folder under ``models/<folder>``.
+        """
+        fields = {f.name: f for f in dataclasses.fields(self.params)}
+        found: list[tuple[str, str]] = []
+        for ref in self.models:
+            default = fields[ref.param].default
+            if isinstance(default, str) and default:
+                found.append((ref.folder, default if ref.listed else default + "/"))
+        return found + list(self.repo_folders)
 
     def make_params(self, values: Mapping[str, Any]) -> Any:
         return params_from_values(self.params, values, workflow=self.name)
@@ -762,15 +779,15 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
     for spec in [
         WorkflowSpec(
             "sdxl_txt2img", sdxl_txt2img, Txt2ImgParams, _SD_MODELS, False, "images",
-            "SDXL text-to-image",
+            "SDXL text-to-image", profile="minimal",
         ),
         WorkflowSpec(
             "pony_txt2img", pony_txt2img, PonyParams, _SD_MODELS, False, "images",
-            "Pony Diffusion V6 XL text-to-image, clip skip 2, score tags",
+            "Pony Diffusion V6 XL text-to-image, clip skip 2, score tags", profile="image",
         ),
         WorkflowSpec(
             "img2img", img2img, Img2ImgParams, _SD_MODELS, True, "images",
-            "SD/SDXL image-to-image from an uploaded image (denoise)",
+            "SD/SDXL image-to-image from an uploaded image (denoise)", profile="minimal",
         ),
         WorkflowSpec(
             "wan_i2v",
@@ -785,6 +802,7 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
             True,
             "animated",
             "Wan 2.1 image-to-video 480P (native nodes)",
+            profile="video-24gb",
         ),
         WorkflowSpec(
             "hunyuan_t2v",
@@ -799,10 +817,12 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
             False,
             "animated",
             "HunyuanVideo text-to-video (native nodes)",
+            profile="video-24gb",
         ),
         WorkflowSpec(
             "svd_i2v", svd_i2v, SVDParams, (ModelRef("checkpoints", "checkpoint"),), True,
             "animated", "Stable Video Diffusion image-to-video (native nodes)",
+            profile="video-24gb",
         ),
         WorkflowSpec(
             "animatediff_sdxl",
@@ -812,6 +832,7 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
             False,
             "gifs",
             "AnimateDiff-SDXL text-to-video (AnimateDiff-Evolved + VideoHelperSuite)",
+            profile="video-24gb",
         ),
         WorkflowSpec(
             "cogvideox",
@@ -825,6 +846,8 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
             "gifs",
             "CogVideoX text/image-to-video (CogVideoXWrapper + VideoHelperSuite)",
             optional_image=True,
+            profile="video-24gb",
+            repo_folders=(("CogVideo", "CogVideoX-5b/"), ("CogVideo", "CogVideoX-5b-I2V/")),
         ),
     ]
 }  # fmt: skip

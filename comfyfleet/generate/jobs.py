@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.comfy.template import load_workflow_file
 from comfyfleet.comfy.workflows import LoraSpec, parse_loras
 from comfyfleet.errors import ConfigError
 
@@ -268,6 +269,7 @@ def parse_jobs(
         job_id = job.id if job is not None else str(row.get("id") or "").strip()
         if job_id:
             seen.setdefault(job_id, []).append(index)
+    problems.extend(_workflow_file_problems(jobs, source))
     for job_id, rows in seen.items():
         if len(rows) > 1:
             problems.append(
@@ -281,6 +283,27 @@ def parse_jobs(
             hint="fix the rows named above (rows count from 1, the header excluded)",
         )
     return jobs
+
+
+def _workflow_file_problems(jobs: Iterable[Job], source: Path) -> list[str]:
+    """Every workflow file the jobs name, read and parsed once before the batch starts: a
+    file that is not JSON or not an API-format workflow is a problem of the jobs file, not a
+    failure found when its first job runs."""
+    rows_of: dict[str, list[int]] = {}
+    for job in jobs:
+        if job.workflow.lower().endswith(".json"):
+            rows_of.setdefault(job.workflow, []).append(job.row)
+    problems: list[str] = []
+    for workflow, rows in rows_of.items():
+        try:
+            load_workflow_file(workflow)
+        except ConfigError as exc:
+            label = "row" if len(rows) == 1 else "rows"
+            problems.append(
+                f"{source.name} {label} {', '.join(map(str, rows))}: column 'workflow': "
+                f"{exc.message}"
+            )
+    return problems
 
 
 def _parse_row(
@@ -324,15 +347,7 @@ def _parse_row(
         else:
             workflow = str(candidate.resolve())
 
-    values: dict[str, Any] = {}
-    for name in ("prompt", "negative", "checkpoint"):
-        values[name] = _text(row.get(name))
-    for name, (low, high) in _INT_COLUMNS.items():
-        values[name] = _integer(row.get(name), name, low, high, where, errors)
-    values["cfg"] = _number(row.get("cfg"), "cfg", 0.0, 100.0, where, errors)
-    for name in ("width", "height"):
-        if values[name] is not None and values[name] % 8:
-            errors.append(f"{where}: column '{name}': {values[name]} is not a multiple of 8")
+    values = _standard_values(row, where, errors, builtin=workflow in builtin_workflows)
 
     video = _text(row.get("video"))
     if video is not None and video not in video_workflows:
@@ -343,20 +358,7 @@ def _parse_row(
 
     loras = _loras(row.get("loras"), where, errors)
 
-    extra: dict[str, Any] = {}
-    for name, value in row.items():
-        if name in KNOWN_COLUMNS or _blank(value):
-            continue
-        extra[name] = value
-    images: dict[str, str] = {}
-    for name, value in [("image", row.get("image")), *extra.items()]:
-        if not is_image_column(name) or _blank(value):
-            continue
-        if not isinstance(value, str):
-            errors.append(f"{where}: column '{name}': expected a URL or a path, got {value!r}")
-            continue
-        images[name] = _image_location(value.strip(), name, base_dir, where, errors)
-    extra.update({k: v for k, v in images.items() if k != "image"})
+    extra, images = _extra_columns(row, base_dir, where, errors)
 
     if errors:
         return None
@@ -377,6 +379,49 @@ def _parse_row(
         video=video,
         extra=extra,
     )
+
+
+def _extra_columns(
+    row: Mapping[str, Any], base_dir: Path, where: str, errors: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the non-standard columns with a value, the image columns as URLs or resolved paths);
+    image paths of extra columns replace their cells in the first."""
+    extra: dict[str, Any] = {}
+    for name, value in row.items():
+        if name in KNOWN_COLUMNS or _blank(value):
+            continue
+        extra[name] = value
+    images: dict[str, str] = {}
+    for name, value in [("image", row.get("image")), *extra.items()]:
+        if not is_image_column(name) or _blank(value):
+            continue
+        if not isinstance(value, str):
+            errors.append(f"{where}: column '{name}': expected a URL or a path, got {value!r}")
+            continue
+        images[name] = _image_location(value.strip(), name, base_dir, where, errors)
+    extra.update({k: v for k, v in images.items() if k != "image"})
+    return extra, images
+
+
+def _standard_values(
+    row: Mapping[str, Any], where: str, errors: list[str], *, builtin: bool
+) -> dict[str, Any]:
+    """The standard columns of a row, checked (``errors`` collects the problems).
+
+    Width and height must be multiples of 8 only for built-in workflows, whose latent sizes
+    need it; a user workflow may use them anywhere (``ImageScale`` takes any size), and
+    ComfyUI checks its own limits there.
+    """
+    values: dict[str, Any] = {}
+    for name in ("prompt", "negative", "checkpoint"):
+        values[name] = _text(row.get(name))
+    for name, (low, high) in _INT_COLUMNS.items():
+        values[name] = _integer(row.get(name), name, low, high, where, errors)
+    values["cfg"] = _number(row.get("cfg"), "cfg", 0.0, 100.0, where, errors)
+    for name in ("width", "height"):
+        if builtin and values[name] is not None and values[name] % 8:
+            errors.append(f"{where}: column '{name}': {values[name]} is not a multiple of 8")
+    return values
 
 
 def _text(value: Any) -> str | None:

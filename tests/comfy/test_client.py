@@ -16,6 +16,7 @@ from comfyfleet.errors import (
     ComfyError,
     ComfyExecutionError,
     ComfyInterrupted,
+    ComfyPartialPrompt,
     ComfyTimeout,
     ComfyValidationError,
     is_transient,
@@ -46,14 +47,13 @@ def test_run_follows_websocket_to_node_null_and_reads_history(
 
 
 def test_finished_only_at_executing_null() -> None:
-    absorb = ComfyClient._absorb
-    from comfyfleet.comfy.client import _Track
+    from comfyfleet.comfy.tracking import PromptTrack
 
-    track = _Track()
-    assert absorb(track, "execution_success", {"prompt_id": "p", "timestamp": 5}) is False
-    assert absorb(track, "executing", {"node": "3", "prompt_id": "p"}) is False
-    assert absorb(track, "executing", {"node": "3"}) is False  # reconnect notice, no id
-    assert absorb(track, "executing", {"node": None, "prompt_id": "p"}) is True
+    track = PromptTrack()
+    assert track.absorb("execution_success", {"prompt_id": "p", "timestamp": 5}) is False
+    assert track.absorb("executing", {"node": "3", "prompt_id": "p"}) is False
+    assert track.absorb("executing", {"node": "3"}) is False  # reconnect notice, no id
+    assert track.absorb("executing", {"node": None, "prompt_id": "p"}) is True
     assert track.success and track.end_ms == 5
 
 
@@ -135,6 +135,8 @@ def test_partially_valid_prompt_is_refused_and_removed(
         client.submit(partial)
     assert "dropped the outputs" in str(caught.value)
     assert [(e.node_id, e.input_name) for e in caught.value.node_errors] == [("20", "images")]
+    assert isinstance(caught.value, ComfyPartialPrompt)
+    assert caught.value.prompt_id == fake.accepted[-1][1]  # the id it was queued under
     pending = client.queue()["queue_pending"]
     assert pending == []  # the half-valid prompt did not stay queued
     client.interrupt()
@@ -372,3 +374,16 @@ def test_parse_outputs_kinds() -> None:
         ("60", "gifs", True),
     ]
     assert files[2].format == "video/h264-mp4" and files[1].ref == "anim/w_00001_.webp"
+
+
+def test_check_workflow_refuses_numbers_comfyui_would_refuse(client: ComfyClient) -> None:
+    """Issue 9 item 6: the preflight covers INT/FLOAT conversion and min/max, so a prompt
+    never reaches ComfyUI half valid for a reason the check could have seen."""
+    graph = txt2img(seed=1)
+    graph["5"]["inputs"]["width"] = 99999
+    graph["3"]["inputs"]["steps"] = "many"
+    with pytest.raises(ComfyValidationError) as caught:
+        client.check_workflow(graph)
+    found = {(e.node_id, e.input_name): e.message for e in caught.value.node_errors}
+    assert found[("5", "width")] == "Value 99999 bigger than max of 16384"
+    assert found[("3", "steps")].startswith("Failed to convert an input value to a INT value")

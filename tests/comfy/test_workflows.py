@@ -352,3 +352,23 @@ def test_build_workflow_from_a_user_file_with_loras(tmp_path: Path) -> None:
     assert wf["3"]["inputs"]["seed"] == 9
     assert wf["100"]["class_type"] == "LoraLoader"
     assert wf["3"]["inputs"]["model"] == ["100", 0]
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_WORKFLOWS))
+def test_builtin_defaults_are_catalog_files_of_their_profile(name: str) -> None:
+    """Issue 9 item 2: every default model file of a built-in workflow is a file the built-in
+    catalog mirrors, in the profile named for the workflow (README, Jobs table)."""
+    from comfyfleet.catalog import load_catalog
+
+    catalog = load_catalog()
+    spec = BUILTIN_WORKFLOWS[name]
+    in_profile = [catalog.models[mid] for mid in catalog.profile_ids(spec.profile)]
+    held = {(m.folder, m.file) for m in in_profile}
+    defaults = spec.default_models()
+    assert defaults, name
+    for folder, file in defaults:
+        if file.endswith("/"):  # a repo folder a wrapper loads: some weights must be there
+            inside = [f for d, f in held if d == folder and f.startswith(file)]
+            assert any(f.endswith(".safetensors") for f in inside), (name, folder, file)
+        else:
+            assert (folder, file) in held, f"{name}: {folder}/{file} not in {spec.profile}"

@@ -102,7 +102,7 @@ OUTPUT_DIR = "/srv/comfyui-run/output"
 DEFAULT_MODELS: dict[str, list[str]] = {
     "checkpoints": [
         "sd_xl_base_1.0.safetensors",
-        "v6.safetensors",
+        "ponyDiffusionV6XL_v6StartWithThisOne.safetensors",
         "RealVisXL_V4.0.safetensors",
         "svd_xt.safetensors",
     ],
@@ -119,12 +119,28 @@ DEFAULT_MODELS: dict[str, list[str]] = {
         "t5xxl_fp8_e4m3fn.safetensors",
     ],
     "diffusion_models": [
-        "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors",
+        "wan2.1_i2v_480p_14B_fp8_scaled.safetensors",
         "hunyuan_video_t2v_720p_bf16.safetensors",
     ],
     "clip_vision": ["clip_vision_h.safetensors"],
     "animatediff_models": ["mm_sdxl_v10_beta.ckpt"],
     "embeddings": [],
+    # CogVideoXWrapper's folder lists every file, sub-folders included (repo folders).
+    "CogVideo": [
+        f"{repo}/{path}"
+        for repo, shards in (("CogVideoX-5b", 2), ("CogVideoX-5b-I2V", 3))
+        for path in (
+            "transformer/config.json",
+            "transformer/diffusion_pytorch_model.safetensors.index.json",
+            *(
+                f"transformer/diffusion_pytorch_model-{n:05d}-of-{shards:05d}.safetensors"
+                for n in range(1, shards + 1)
+            ),
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json",
+        )
+    ],
 }
 
 RECORDED_SYSTEM = {

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.generate.batch import BatchEvent, read_results, run_batch
+from comfyfleet.generate.batch import BatchEvent, BatchOptions, read_results, run_batch
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.comfyui import FakeComfyUI, png_bytes
 from tests.generate.conftest import ImageServer, JobsFactory, make_client
@@ -184,7 +184,9 @@ def test_validation_and_execution_errors_fail_one_job_only(
         {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "missing.ckpt"},
         *({"id": f"ok{n}", "workflow": "sdxl_txt2img", "prompt": f"p{n}"} for n in range(4)),
     ])  # fmt: skip
-    report = run_batch(jobs, client=client, store=local_store, batch_id="errs", retries=3)
+    report = run_batch(
+        jobs, client=client, store=local_store, batch_id="errs", options=BatchOptions(retries=3)
+    )
     by_id = {r.id: r for r in report.results}
     bad = by_id["bad"]
     assert bad.status == "failed" and bad.attempt == 1
@@ -240,7 +242,11 @@ def test_comfyui_dies_midway_and_rerun_resumes(store: ObjectStore, make_jobs: Jo
     with FakeComfyUI(execution_time=0.1) as first, make_client(first.url) as client:
         first.die_after_prompts = 5
         report = run_batch(
-            jobs, client=client, store=store, batch_id="crash", retries=1, retry_backoff_s=0.05
+            jobs,
+            client=client,
+            store=store,
+            batch_id="crash",
+            options=BatchOptions(retries=1, retry_backoff_s=0.05),
         )
     done_first = {r.id for r in report.results if r.status == "ok"}
     failed_first = {r.id for r in report.results if r.status == "failed"}
@@ -307,9 +313,8 @@ def test_transient_submit_failure_is_retried(
             client=client,
             store=local_store,
             batch_id="tr",
-            retries=2,
-            retry_backoff_s=0.05,
             on_event=on_event,
+            options=BatchOptions(retries=2, retry_backoff_s=0.05),
         )
     assert report.results[0].status == "ok" and report.results[0].attempt == 2
     assert "cannot reach ComfyUI" in restarted[0]
@@ -324,7 +329,13 @@ def test_bad_arguments(
     with pytest.raises(ConfigError, match="batch id"):
         run_batch(jobs, client=client, store=local_store, batch_id="../up")
     with pytest.raises(ConfigError, match="queue depth"):
-        run_batch(jobs, client=client, store=local_store, batch_id="b", queue_depth=0)
+        run_batch(
+            jobs,
+            client=client,
+            store=local_store,
+            batch_id="b",
+            options=BatchOptions(queue_depth=0),
+        )
     with pytest.raises(ConfigError, match="duplicate job ids"):
         run_batch(jobs + jobs, client=client, store=local_store, batch_id="b")
 
@@ -334,11 +345,150 @@ def test_prompt_timeout_cancels_then_retries(
 ) -> None:
     fake.execution_time = 2.0
     jobs = make_jobs([{"id": "slow", "workflow": "sdxl_txt2img", "prompt": "x"}])
-    report = run_batch(jobs, client=client, store=local_store, batch_id="slow", retries=1,
-                       retry_backoff_s=0.01, prompt_timeout_s=0.3)  # fmt: skip
+    report = run_batch(
+        jobs,
+        client=client,
+        store=local_store,
+        batch_id="slow",
+        options=BatchOptions(retries=1, retry_backoff_s=0.01, prompt_timeout_s=0.3),
+    )
     result = report.results[0]
     assert result.status == "failed" and result.attempt == 2
     assert "did not finish within 0.3 s" in result.error
     # Each abandoned prompt was interrupted, so ComfyUI did not keep working on it.
     assert [c.get("prompt_id") for c in fake.interrupt_calls] == [item[1] for item in fake.accepted]
     assert fake.wait_idle(timeout=5)
+
+
+def test_each_job_gets_its_own_check_verdict(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 1: jobs that differ only in a choice value never share a cached failure."""
+    jobs = make_jobs([
+        {"id": "s1", "workflow": "sdxl_txt2img", "prompt": "a cat", "sampler": "bogus_sampler"},
+        {"id": "s2", "workflow": "sdxl_txt2img", "prompt": "a dog", "sampler": "euler"},
+    ])  # fmt: skip
+    report = run_batch(jobs, client=client, store=local_store, batch_id="choices")
+    s1, s2 = report.results
+    assert s1.status == "failed" and "'bogus_sampler' is not a valid choice" in s1.error
+    assert s2.status == "ok", s2.error
+    assert [item[2]["3"]["inputs"]["sampler_name"] for item in fake.accepted] == ["euler"]
+
+    # The same with a user workflow's {{method}} placeholder, and a width ComfyUI refuses.
+    scale = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+        "2": {"class_type": "ImageScale", "inputs": {
+            "image": ["1", 0], "upscale_method": "{{method}}", "width": "{{w}}",
+            "height": 64, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "s"}},
+    }  # fmt: skip
+    (tmp_path / "scale.json").write_text(json.dumps(scale))
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(1, 2, 3)))
+    common = {"workflow": str(tmp_path / "scale.json"), "image": str(tmp_path / "in.png")}
+    jobs = make_jobs([
+        {"id": "m1", **common, "method": "bogus", "w": 64},
+        {"id": "m2", **common, "method": "bilinear", "w": 64},
+        {"id": "m3", **common, "method": "bilinear", "w": 99999},
+    ])  # fmt: skip
+    by_id = {
+        r.id: r for r in run_batch(jobs, client=client, store=local_store, batch_id="m").results
+    }
+    assert by_id["m1"].status == "failed" and "'bogus' is not a valid choice" in by_id["m1"].error
+    assert by_id["m2"].status == "ok", by_id["m2"].error
+    assert by_id["m3"].status == "failed" and "bogus" not in by_id["m3"].error
+    assert "width" in by_id["m3"].error
+
+
+def test_missing_model_files_are_refused_naming_the_catalog_id(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 3: a job whose model files ComfyUI does not have is refused before it is
+    submitted, naming the catalog id to mirror; CogVideoX's repo folder included (its wrapper
+    would otherwise download it from Hugging Face behind the mirror's back)."""
+    from comfyfleet.catalog import load_catalog
+    from comfyfleet.generate.preflight import catalog_files
+
+    ids = catalog_files(load_catalog().models.values())
+    fake.models["CogVideo"] = [f for f in fake.models["CogVideo"] if "-I2V/" not in f]
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(9, 9, 9)))
+    jobs = make_jobs([
+        {"id": "jug", "workflow": "sdxl_txt2img", "prompt": "x",
+         "checkpoint": "Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors"},
+        {"id": "cog", "workflow": "cogvideox", "prompt": "waves", "image": "in.png"},
+        {"id": "t2v", "workflow": "cogvideox", "prompt": "waves"},
+    ])  # fmt: skip
+    report = run_batch(jobs, client=client, store=local_store, batch_id="models", catalog_files=ids)
+    by_id = {r.id: r for r in report.results}
+    jug, cog = by_id["jug"], by_id["cog"]
+    assert jug.status == "failed" and "comfyfleet mirror --only juggernaut-xl-v9" in jug.error
+    assert (
+        "'Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors' is not in ComfyUI's models/checkpoints"
+        in jug.error
+    )
+    assert cog.status == "failed" and "model folder 'CogVideoX-5b-I2V/'" in cog.error
+    assert "--only cogvideox-5b-i2v-transformer-00001" in cog.error
+    assert "cogvideox-5b-i2v-scheduler-config" in cog.error
+    assert by_id["t2v"].status == "ok", by_id["t2v"].error
+    submitted = [n["inputs"].get("model") for _, _, wf, *_ in fake.accepted for n in wf.values()
+                 if n["class_type"] == "DownloadAndLoadCogVideoModel"]  # fmt: skip
+    assert submitted == ["THUDM/CogVideoX-5b"]
+    assert len(fake.accepted) == 1
+
+    # Once the file is there (pulled meanwhile), the same batch runs it: no stale listing.
+    fake.models["checkpoints"].append("Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors")
+    again = run_batch(jobs[:1], client=client, store=local_store, batch_id="models2")
+    assert again.results[0].status == "ok", again.results[0].error
+
+
+def test_id_is_a_placeholder_like_any_column(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 5: ``{{id}}`` is filled with the job's id."""
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+        "2": {"class_type": "SaveImage",
+              "inputs": {"images": ["1", 0], "filename_prefix": "named/{{id}}"}},
+    }  # fmt: skip
+    (tmp_path / "wf.json").write_text(json.dumps(graph))
+    (tmp_path / "in.png").write_bytes(png_bytes(rgb=(4, 5, 6)))
+    jobs = make_jobs([{"id": "job-7", "workflow": str(tmp_path / "wf.json"), "image": "in.png"}])
+    report = run_batch(jobs, client=client, store=local_store, batch_id="ids")
+    assert report.results[0].status == "ok", report.results[0].error
+    (item,) = fake.accepted
+    assert item[2]["2"]["inputs"]["filename_prefix"] == "named/job-7"
+
+
+def test_partially_queued_prompt_keeps_its_id_and_leaves_no_orphans(
+    fake: FakeComfyUI, client: ComfyClient, local_store: ObjectStore, make_jobs: JobsFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 9 item 6: when ComfyUI still answers 200 with ``node_errors`` (an input the
+    preflight leaves to ComfyUI: an input image that is not there), it runs the valid branch.
+    The row keeps the prompt id, and what that branch wrote is collected into the job's folder
+    instead of staying behind in ComfyUI's output folder unaccounted for."""
+    fake.add_input_image("ok.png", png_bytes(rgb=(7, 7, 7)))
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "ok.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "not-uploaded.png"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
+    }  # fmt: skip
+    (tmp_path / "two.json").write_text(json.dumps(graph))
+    jobs = make_jobs([{"id": "half", "workflow": str(tmp_path / "two.json")}])
+    report = run_batch(jobs, client=client, store=local_store, batch_id="half")
+    (row,) = read_results(local_store, "half")
+    (accepted,) = fake.accepted
+    assert row["status"] == "failed" and "dropped the outputs" in row["error"]
+    assert "not-uploaded.png" in row["error"]
+    assert row["prompt_id"] == accepted[1] == report.results[0].prompt_id
+    written = [
+        f["filename"]
+        for out in fake.history().get(accepted[1], {}).get("outputs", {}).values()
+        for f in out.get("images", [])
+    ]
+    stored_names = [k.rsplit("/", 1)[-1] for k in row["outputs"]]
+    assert stored_names == written  # every file it wrote is accounted for (or none ran)
+    assert stored(local_store, "outputs/half/half/") == sorted(row["outputs"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -139,3 +140,86 @@ def test_flow_fails_when_a_job_fails(
     )  # fmt: skip
     assert state.is_failed()
     assert "1 job(s) failed (bad)" in str(state.message), state.message
+
+
+def _outcome(store: Path, batch: str) -> dict[str, tuple[str, list[str], str]]:
+    """Per job id: status, output file names (batch folder and ComfyUI's counter left out),
+    the error's first part."""
+    return {
+        str(row["id"]): (
+            str(row["status"]),
+            sorted(re.sub(r"_\d{5}_", "_N_", str(k).split("/", 2)[-1]) for k in row["outputs"]),
+            str(row["error"]).split(":", 1)[0],
+        )
+        for row in read_results(LocalStore(store), batch)
+    }
+
+
+@pytest.mark.flow
+def test_cli_and_flow_run_the_same_driver(
+    prefect_harness: None, fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    """Issue 8 item 2: the same jobs through the CLI and through the flow give the same rows."""
+    from flows.generate import generate_batch
+
+    jobs = write_jobs(tmp_path, [
+        {"id": "fox", "workflow": "sdxl_txt2img", "prompt": "a fox", "seed": 1},
+        {"id": "cat", "workflow": "pony_txt2img", "prompt": "a cat", "seed": 2},
+        {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "nope.ckpt"},
+    ])  # fmt: skip
+    cli_store, flow_store = tmp_path / "cli", tmp_path / "flow"
+    code = main(["generate", str(jobs), "--comfy-url", fake.url, "--store", str(cli_store),
+                 "--batch-id", "same", "--no-fal", "--json"])  # fmt: skip
+    assert code == 1
+    state = generate_batch(
+        jobs_file=str(jobs), comfy_url=fake.url, store=str(flow_store), batch_id="same",
+        fal_fallback=False, return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    by_cli, by_flow = _outcome(cli_store, "same"), _outcome(flow_store, "same")
+    assert by_cli == by_flow
+    assert {k: v[0] for k, v in by_cli.items()} == {"fox": "ok", "cat": "ok", "bad": "failed"}
+    assert all(v[1] for k, v in by_cli.items() if k != "bad")
+
+
+@pytest.mark.flow
+def test_flow_task_does_not_retry_the_batch(prefect_harness: None, tmp_path: Path) -> None:
+    """One retry owner: a ComfyUI that never answers fails the flow after one task run
+    (before, the task's own retries ran the batch three times, 30 s apart)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.generate import generate_batch
+
+    jobs = write_jobs(tmp_path, [{"id": "a", "workflow": "sdxl_txt2img", "prompt": "x"}])
+    with FakeComfyUI() as gone:
+        url = gone.url
+    state = generate_batch(
+        jobs_file=str(jobs), comfy_url=url, store=str(tmp_path / "s"), ready_timeout_s=0.5,
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed() and "was not ready" in str(state.message)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert [r.run_count for r in runs] == [1]
+
+
+def test_cli_checks_every_workflow_file_first(
+    fake: FakeComfyUI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 item 15: a workflow file that is not JSON stops the batch before it starts:
+    exit 2, nothing submitted (before: the good jobs ran, the bad one failed, exit 1)."""
+    (tmp_path / "broken.json").write_text("{not json")
+    jobs = write_jobs(tmp_path, [
+        {"id": "fine", "workflow": "sdxl_txt2img", "prompt": "x"},
+        {"id": "bad", "workflow": "broken.json"},
+    ])  # fmt: skip
+    code = main(["generate", str(jobs), "--comfy-url", fake.url,
+                 "--store", str(tmp_path / "s"), "--no-fal"])  # fmt: skip
+    assert code == 2
+    assert "broken.json is not valid JSON" in capsys.readouterr().err
+    assert fake.accepted == [] and not any(p == "/prompt" for _, p in fake.requests)

@@ -20,13 +20,17 @@ PNG = bytes.fromhex(
 )
 
 
+# The smallest API-format workflow file (jobs are read only with readable workflow files).
+WF = '{"1": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}'
+
+
 def read(path: Path) -> list:  # type: ignore[type-arg]
     return read_jobs(path, builtin_workflows=BUILTINS, video_workflows=VIDEOS)
 
 
 def test_csv_keeps_text_ids_and_converts_numbers(tmp_path: Path) -> None:
     (tmp_path / "in.png").write_bytes(PNG)
-    (tmp_path / "wf.json").write_text("{}")
+    (tmp_path / "wf.json").write_text(WF)
     path = tmp_path / "jobs.csv"
     path.write_text(
         "id,workflow,prompt,seed,width,height,steps,cfg,image,video,loras,style,mask_image\n"
@@ -171,3 +175,32 @@ def test_duplicate_id_of_an_invalid_row_is_reported_with_its_other_problem(tmp_p
     text = str(info.value)
     assert "row 2 (id 'a'): column 'workflow': 'nope'" in text
     assert "rows 1, 2: column 'id': duplicate id 'a'" in text
+
+
+def test_multiple_of_8_only_for_builtin_latent_sizes(tmp_path: Path) -> None:
+    """Issue 9 item 4: a user workflow may take any width/height (ImageScale does)."""
+    (tmp_path / "scale.json").write_text(WF)
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,workflow,width,height\nu,scale.json,100,75\n")
+    (job,) = read(path)
+    assert (job.width, job.height) == (100, 75)
+    path.write_text("id,workflow,width,height\nb,sdxl_t2i,100,72\n")
+    with pytest.raises(ConfigError, match="column 'width': 100 is not a multiple of 8"):
+        read(path)
+
+
+def test_every_workflow_file_is_parsed_before_the_batch(tmp_path: Path) -> None:
+    """Issue 9 item 15: a workflow file that is not JSON (or not the API format) is a
+    problem of the jobs file, found before anything runs."""
+    (tmp_path / "good.json").write_text(WF)
+    (tmp_path / "broken.json").write_text('{"1": {"class_type": ')
+    (tmp_path / "ui.json").write_text('{"nodes": [], "links": []}')
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,workflow\na,good.json\nb,broken.json\nc,ui.json\nd,broken.json\n")
+    with pytest.raises(ConfigError) as info:
+        read(path)
+    text = str(info.value)
+    assert "2 problem(s)" in text
+    assert "jobs.csv rows 2, 4: column 'workflow': workflow file" in text
+    assert "broken.json is not valid JSON" in text
+    assert "jobs.csv row 3: column 'workflow':" in text and "is a UI workflow" in text

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.generate.batch import VideoSettings, read_results, run_batch
+from comfyfleet.generate.batch import BatchOptions, VideoSettings, read_results, run_batch
 from comfyfleet.generate.fal import FalSettings
 from comfyfleet.store.base import ObjectStore
 from tests.doubles.comfyui import FakeComfyUI
@@ -46,9 +46,12 @@ def test_model_missing_locally_goes_to_fal(
     fake.devices = [gpu(80)]
     fake.models["diffusion_models"] = []  # no Wan model on this ComfyUI
     report = run_batch(
-        video_job(make_jobs), client=client, store=store, batch_id="v",
-        video=VideoSettings(fal_settings=fal_settings),
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
+    )
     result = report.results[0]
     assert result.status == "ok", result.error
     assert result.video_path == "fal"
@@ -81,9 +84,12 @@ def test_local_video_when_model_and_vram_are_there(
 ) -> None:
     fake.devices = [gpu(48)]
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal_settings=fal_settings),
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
+    )
     result = report.results[0]
     assert result.status == "ok", result.error
     assert result.video_path == "local"
@@ -111,9 +117,12 @@ def test_local_video_failure_falls_back_to_fal(
     fake.fail_message = "CUDA out of memory. Tried to allocate 2.00 GiB"
     fake.fail_exception_type = "torch.OutOfMemoryError"
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal_settings=fal_settings),
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
+    )
     result = report.results[0]
     assert result.status == "ok", result.error
     assert result.video_path == "fal"
@@ -135,9 +144,12 @@ def test_too_little_vram_goes_to_fal(
     if devices is not None:
         fake.devices = devices
     report = run_batch(
-        video_job(make_jobs, video="svd_i2v"), client=client, store=local_store,
-        batch_id="v", video=VideoSettings(fal_settings=fal_settings),
-    )  # fmt: skip
+        video_job(make_jobs, video="svd_i2v"),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
+    )
     result = report.results[0]
     assert result.status == "ok" and result.video_path == "fal"
     assert [r.model_id for r in fal.records.values()] == ["fal-ai/stable-video"]
@@ -154,10 +166,13 @@ def test_catalog_vram_need_decides(
 ) -> None:
     fake.devices = [gpu(24)]
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal_settings=fal_settings),
-        catalog_vram={"wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors": 40.0},
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        catalog_vram={"wan2.1_i2v_480p_14B_fp8_scaled.safetensors": 40.0},
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings)),
+    )
     assert report.results[0].video_path == "fal"
 
 
@@ -166,12 +181,15 @@ def test_no_fal_and_no_local_model_fails_clearly(
 ) -> None:
     fake.models["diffusion_models"] = []
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal=False),
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal=False)),
+    )
     result = report.results[0]
     assert result.status == "failed" and result.attempt == 1
-    assert "diffusion_models/wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors" in result.error
+    assert "diffusion_models/wan2.1_i2v_480p_14B_fp8_scaled.safetensors" in result.error
     assert "--fal-fallback" in result.error
 
 
@@ -187,9 +205,12 @@ def test_fal_rejection_fails_the_job(
     detail = {"loc": ["body", "prompt"], "msg": "Prompt flagged", "type": "content_policy"}
     fal.apps["fal-ai/wan-i2v"] = FalAppBehaviour(model_error=(422, {"detail": [detail]}))
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal_settings=fal_settings), retries=2,
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(video=VideoSettings(fal_settings=fal_settings), retries=2),
+    )
     result = report.results[0]
     assert result.status == "failed" and result.attempt == 1
     assert "prompt: Prompt flagged" in result.error and "on fal.ai" in result.error
@@ -208,9 +229,14 @@ def test_fal_overload_is_retried(
     settings = FalSettings(key="fal-test-key-0123:secret-abcdef", base_url=fal.url,
                            poll_interval_s=0.0, backoff_s=0.0, max_retries=1)  # fmt: skip
     report = run_batch(
-        video_job(make_jobs), client=client, store=local_store, batch_id="v",
-        video=VideoSettings(fal_settings=settings), retries=2, retry_backoff_s=0.01,
-    )  # fmt: skip
+        video_job(make_jobs),
+        client=client,
+        store=local_store,
+        batch_id="v",
+        options=BatchOptions(
+            video=VideoSettings(fal_settings=settings), retries=2, retry_backoff_s=0.01
+        ),
+    )
     result = report.results[0]
     assert result.status == "ok" and result.video_path == "fal", result.error
     assert [m for m, _, _ in fal.log].count("POST") == 3
