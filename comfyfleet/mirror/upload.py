@@ -56,7 +56,13 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from comfyfleet.errors import ConfigError, IntegrityError, RateLimited, SourceUnavailable
+from comfyfleet.errors import (
+    Cancelled,
+    ConfigError,
+    IntegrityError,
+    RateLimited,
+    SourceUnavailable,
+)
 from comfyfleet.store.base import (
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -222,6 +228,14 @@ def read_source(
             on_reopen(offset)
 
 
+def _check_cancel(cancel: threading.Event | None, key: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(
+            f"upload of {key!r} interrupted",
+            hint="rerun: the unfinished multipart upload is kept and resumed",
+        )
+
+
 def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
@@ -281,10 +295,12 @@ class _PartUploader:
             thread_name_prefix="comfyfleet-part",
         )
 
-    def acquire_slot(self) -> None:
-        """Block until a part may be held in memory (the memory bound)."""
+    def acquire_slot(self, cancel: threading.Event | None = None) -> None:
+        """Block until a part may be held in memory (the memory bound), or ``cancel``."""
         self.raise_if_failed()
-        self.slots.acquire()
+        while not self.slots.acquire(timeout=0.1):
+            _check_cancel(cancel, self.key)
+            self.raise_if_failed()
 
     def submit(self, number: int, data: bytes) -> None:
         """Upload part ``number`` (a slot must be held), or reuse a matching existing one."""
@@ -341,6 +357,14 @@ class _PartUploader:
             leftover.abort()
 
 
+def _cancellable_sleep(cancel: threading.Event, key: str) -> Sleep:
+    def sleep(seconds: float) -> None:
+        cancel.wait(seconds)
+        _check_cancel(cancel, key)
+
+    return sleep
+
+
 def upload_stream(
     store: ObjectStore,
     key: str,
@@ -352,13 +376,17 @@ def upload_stream(
     settings: TransferSettings | None = None,
     progress: ProgressSubscriber | None = None,
     sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> UploadResult:
     """Stream ``chunks_factory(0)`` into ``key`` of ``store``, verified; see module docstring.
 
     Raises ``IntegrityError`` (upload aborted) when the size or sha256 differs from the
     expected one, ``SourceUnavailable``/``RateLimited`` when the source keeps failing
-    (upload kept for a later resume), and any store error as raised by the store.
+    (upload kept for a later resume), ``Cancelled`` within one chunk of ``cancel`` being
+    set (upload kept), and any store error as raised by the store.
     """
+    if cancel is not None:
+        sleep = _cancellable_sleep(cancel, key)
     check_key(key)
     settings = settings or TransferSettings()
     progress = progress or ProgressSubscriber()
@@ -385,7 +413,7 @@ def upload_stream(
         nonlocal next_part
         if not uploader.started:
             uploader.start()
-        uploader.acquire_slot()
+        uploader.acquire_slot(cancel)
         data = b"".join(data_parts)
         data_parts.clear()
         uploader.submit(next_part, data)
@@ -394,6 +422,7 @@ def upload_stream(
     progress.on_start(key, expected_size)
     try:
         for chunk in read_source(chunks_factory, settings, sleep=sleep, on_reopen=count_reopen):
+            _check_cancel(cancel, key)
             hasher.update(chunk)
             total += len(chunk)
             progress.on_bytes(len(chunk))
