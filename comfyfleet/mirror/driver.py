@@ -645,6 +645,7 @@ def mirror_files(
     if max_parallel < 1:
         raise ValueError("max_parallel must be at least 1")
     began = time.monotonic()
+    _clean_stale_temp(store)
     manifest = read_manifest(store).by_key()
     cancel = cancel or threading.Event()
     token_cache = _TokenCache(tokens)
@@ -698,6 +699,13 @@ def mirror_files(
         seconds=time.monotonic() - began,
         store_uri=store.uri,
     )
+
+
+def _clean_stale_temp(store: ObjectStore) -> None:
+    """Drop what killed runs left in a local store's temp dir (S3 stores have none)."""
+    clean = getattr(store, "clean_stale_temp", None)
+    if callable(clean):
+        clean()
 
 
 def _pool_submit(pool: ThreadPoolExecutor) -> Submit:
