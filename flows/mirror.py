@@ -26,6 +26,7 @@ source may need a token.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
@@ -51,7 +54,12 @@ from comfyfleet.mirror.options import (
     needs_token,
     select_models,
 )
-from comfyfleet.mirror.refresh import UpstreamChange, check_upstream
+from comfyfleet.mirror.refresh import (
+    UPSTREAM_CHANGED_EVENT,
+    UpstreamChange,
+    check_upstream,
+    upstream_notice,
+)
 from comfyfleet.mirror.upload import ProgressSubscriber
 from comfyfleet.sources import Tokens
 from comfyfleet.units import format_bytes
@@ -359,6 +367,25 @@ def refresh_markdown(changes: list[UpstreamChange], checked: int, store_uri: str
     return "\n".join(lines) + "\n"
 
 
+UPSTREAM_CHANGED_STATE = "UpstreamChanged"
+
+
+def emit_upstream_changed(notice: dict[str, Any], store_uri: str) -> None:
+    """Emit ``comfyfleet.mirror.upstream-changed`` for the store (resource) with ``notice``
+    as payload. The resource label ``comfyfleet.mirror.unpinned`` is "true" when a mirror
+    run would take some change: the automation in prefect.yaml matches on it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", store_uri.lower()).strip("-") or "store"
+    emit_event(
+        event=UPSTREAM_CHANGED_EVENT,
+        resource={
+            "prefect.resource.id": f"comfyfleet.mirror.{slug}",
+            "prefect.resource.name": store_uri,
+            "comfyfleet.mirror.unpinned": "true" if notice["unpinned_ids"] else "false",
+        },
+        payload={"store": store_uri, **notice},
+    )
+
+
 @flow(name="mirror-refresh")
 def mirror_refresh_flow(
     catalog_paths: list[str] | None = None,
@@ -367,11 +394,22 @@ def mirror_refresh_flow(
     store: str | None = None,
     store_block: str | None = None,
     tokens_block: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | State[Any]:
     """Re-check upstream for the catalog's files (default: all) and report what changed.
 
     Reports new HF commits on unpinned refs, newer files on ``main`` for pinned commits,
-    new CivitAI versions of tracked models, and changed sizes/hashes; replaces nothing.
+    new CivitAI versions of tracked models, changed sizes/hashes and unreachable sources;
+    replaces nothing.
+
+    When something notable turned up (anything but ``not-mirrored``), the flow emits
+    ``comfyfleet.mirror.upstream-changed`` (payload: :func:`upstream_notice`) and ends in
+    a **Failed** state named ``UpstreamChanged`` whose message lists the ids. Why Failed
+    and not a Completed variant: an operator notices failures without extra setup (the
+    run is red in the UI, the usual "flow run failed" notifications fire,
+    ``prefect deployment run --watch`` exits non-zero), and a refresh that found drift
+    did not reach its goal of confirming the mirror is current. The state's name keeps it
+    apart from a crash; its data is the same change rows a clean run returns. A clean
+    run (nothing, or only files not mirrored yet) ends Completed.
     """
     models = refresh_models(catalog_paths, profile, ids)
     store_uri = open_flow_store(store, store_block).uri
@@ -386,4 +424,15 @@ def mirror_refresh_flow(
         markdown=refresh_markdown(changes, len(models), store_uri), key=REFRESH_SUMMARY_KEY
     )
     get_run_logger().info("%d upstream change(s) in %d file(s)", len(changes), len(models))
-    return [c.row() for c in changes]
+    rows = [c.row() for c in changes]
+    notice = upstream_notice(changes)
+    if notice is None:
+        return rows
+    emit_upstream_changed(notice, store_uri)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(notice["kinds"].items()))
+    return Failed(
+        name=UPSTREAM_CHANGED_STATE,
+        message=f"upstream changed for {len(notice['ids'])} file(s) ({kinds}): "
+        f"{', '.join(notice['ids'])}; see the mirror-refresh-summary artifact",
+        data=rows,
+    )
