@@ -72,6 +72,7 @@ from comfyfleet.store.manifest import (
     read_manifest,
     update_manifest,
 )
+from comfyfleet.store.uris import redact_uri
 from comfyfleet.units import format_bytes
 
 if TYPE_CHECKING:
@@ -295,7 +296,7 @@ def mirror_file(
     if manifest is None:
         manifest = read_manifest(store).by_key()
     entry = manifest.get(model.key)
-    catalog_source = model.source.describe()
+    catalog_source = redact_uri(model.source.describe())
     counting = _Counting(progress)
     job = _FileJob(model, store, tokens, settings, force, http, counting, began, cancel)
     try:
@@ -526,7 +527,7 @@ def failed_result(model: ModelFile, exc: BaseException, seconds: float) -> Mirro
         sha256=model.sha256,
         status="failed",
         error=describe_error(exc),
-        source=model.source.describe(),
+        source=redact_uri(model.source.describe()),
         revision=None,
         transient=isinstance(exc, TransientError),
     )

@@ -37,6 +37,7 @@ from comfyfleet.errors import ComfyfleetError
 from comfyfleet.sources import Tokens, Upstream, describe_upstream
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.manifest import ManifestEntry, read_manifest
+from comfyfleet.store.uris import redact_uri
 
 if TYPE_CHECKING:
     import httpx
@@ -181,7 +182,7 @@ def _check_one(
     http: httpx.Client | None,
 ) -> list[UpstreamChange]:
     pinned = is_pinned(model)
-    label = model.source.describe()
+    label = redact_uri(model.source.describe())
     changes: list[UpstreamChange] = []
     if not present:
         changes.append(
