@@ -259,3 +259,27 @@ def test_prefect_yaml_mirrors_unpinned_changes_on_the_upstream_changed_event() -
     (runner,) = [r for r in to_runner_deployments(load_deployments()) if r.name == "mirror"]
     (automation,) = runner.triggers
     assert automation.expect == {UPSTREAM_CHANGED_EVENT}
+
+
+def test_flow_retries_whole_files_through_the_task_only(
+    prefect_harness: None, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retry rule: the task owns whole-file retries; the driver starts the file once per
+    task attempt (FLOW_FILE_ATTEMPTS), so attempts add up instead of multiplying."""
+    import flows.mirror as mirror_flows
+
+    hub.add_file("org/l", "a.safetensors", payload(5_000))
+    monkeypatch.setattr(
+        mirror_flows,
+        "mirror_file_task",
+        mirror_flows.mirror_file_task.with_options(retries=2, retry_delay_seconds=0),
+    )
+    hub.faults.fail(503, times=None, where="resolve")
+    state = mirror_models_flow(
+        catalog_paths=[catalog(tmp_path, "a.safetensors")],
+        store=str(tmp_path / "store"),
+        return_state=True,
+    )
+    assert state.is_failed() and "SourceUnavailable" in str(state.message)
+    starts = [r for r in hub.requests if "/resolve/" in r.path]
+    assert len(starts) == 3  # 1 start x (1 try + 2 task retries); was 3 x 3
