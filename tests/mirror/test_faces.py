@@ -98,3 +98,30 @@ def test_cli_and_flow_agree_on_the_same_inputs(
     }
     assert [r["status"] for r in rows] == ["skipped", "skipped", "failed"]
     assert _manifest(cli_store) == _manifest(flow_store)
+
+
+def test_both_faces_default_to_comfyfleet_store(
+    prefect_harness: None,
+    hub: FakeHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub.add_file("org/l", "a.safetensors", payload(9_000, seed=5))
+    path = tmp_path / "user.yaml"
+    entry = {
+        "id": "a",
+        "folder": "loras",
+        "file": "a.safetensors",
+        "source": {"type": "hf", "repo": "org/l", "revision": "main", "path": "a.safetensors"},
+    }
+    path.write_text(yaml.safe_dump({"schema": 1, "models": [entry]}))
+    env_store = tmp_path / "env-store"
+    monkeypatch.setenv("COMFYFLEET_STORE", str(env_store))
+    assert main(["mirror", "--catalog", str(path), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["store"] == env_store.as_uri()
+    state = mirror_models_flow(catalog_paths=[str(path)], return_state=True)
+    # The flow found what the CLI put into the same $COMFYFLEET_STORE.
+    assert [r["status"] for r in state.result()] == ["skipped"]
+    assert set(_manifest(env_store)) == {"a"}
