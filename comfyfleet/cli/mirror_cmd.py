@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Stream each selected file from its source into the store, verifying "
         "sha256 before it becomes visible; skip files already there with the same sha256; "
         "then update manifest.json. Tokens come from HF_TOKEN and CIVITAI_TOKEN. "
-        f"Which files: --only IDs, else --profile NAME, else ({DEFAULT_SELECTION_HELP}). "
+        f"Which files: --only IDs, else --profile NAME; with neither, {DEFAULT_SELECTION_HELP}. "
         "Ctrl-C stops within a second; finished files stay recorded and a rerun resumes.",
     )
     add_catalog_option(parser)
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     which.add_argument(
         "--profile",
         metavar="NAME",
-        help=f"mirror the files of this profile ({DEFAULT_SELECTION_HELP})",
+        help=f"mirror the files of this profile (default: {DEFAULT_SELECTION_HELP})",
     )
     which.add_argument(
         "--only",

@@ -38,7 +38,7 @@ TokenSource = Callable[[], Tokens]
 TOKEN_SOURCES = frozenset({"hf", "civitai"})
 
 DEFAULT_SELECTION_HELP = (
-    f"default: with --catalog, every entry of the given files; else the built-in "
+    f"with --catalog, every entry of the given files; else the built-in "
     f"catalog's '{DEFAULT_PROFILE}' profile"
 )
 
