@@ -584,7 +584,7 @@ class _TokenCache:
     def __init__(self, tokens: Tokens | TokenSource) -> None:
         self._source = tokens
         self._lock = threading.Lock()
-        self._value: Tokens | None = tokens if isinstance(tokens, Tokens) else None
+        self._value: Tokens | None = None
         self._error: Exception | None = None
 
     def for_model(self, model: ModelFile) -> Tokens:
