@@ -265,33 +265,54 @@ def main() -> None:
                 "part_size": settings.part_size,
                 "parts_in_flight": settings.max_parts_in_flight,
             }
-            ours: list[float] = []
-            base: list[float] = []
-            peaks: list[int] = []
-            for run in range(args.runs):
-                for side in ("ours", "baseline") if run % 2 == 0 else ("baseline", "ours"):
-                    subprocess.run(["sync"], check=False)
-                    if side == "ours":
-                        data = run_ours(spec)
-                        ours.append(data["seconds"])
-                        peaks.append(data["peak_rss"])
-                        client.delete_object(Bucket=bucket, Key=BENCH_KEY)
-                    else:
-                        key = f"baseline/{uuid.uuid4().hex}.bin"
-                        base.append(
-                            run_baseline(
-                                url, work / "download.bin", env, f"s3://{bucket}/{key}", s5cmd
-                            )
-                        )
-                        client.delete_object(Bucket=bucket, Key=key)
-                    print(
-                        f"  run {run + 1} {side:8s} "
-                        f"{(ours if side == 'ours' else base)[-1]:6.2f} s",
-                        flush=True,
-                    )
+            ours, base, peaks = timed_runs(args.runs, spec, client, env, work, s5cmd)
     finally:
         source.terminate()
         source.wait(timeout=10)
+    report(size, digest, args.runs, settings, ours, base, peaks)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def timed_runs(
+    runs: int, spec: dict[str, Any], client: Any, env: dict[str, str], work: Path, s5cmd: str
+) -> tuple[list[float], list[float], list[int]]:
+    """``runs`` rounds of both sides, alternating which goes first; seconds and peak RSS."""
+    bucket, url = spec["bucket"], spec["url"]
+    ours: list[float] = []
+    base: list[float] = []
+    peaks: list[int] = []
+    for run in range(runs):
+        for side in ("ours", "baseline") if run % 2 == 0 else ("baseline", "ours"):
+            subprocess.run(["sync"], check=False)
+            if side == "ours":
+                data = run_ours(spec)
+                ours.append(data["seconds"])
+                peaks.append(data["peak_rss"])
+                client.delete_object(Bucket=bucket, Key=BENCH_KEY)
+            else:
+                key = f"baseline/{uuid.uuid4().hex}.bin"
+                base.append(
+                    run_baseline(url, work / "download.bin", env, f"s3://{bucket}/{key}", s5cmd)
+                )
+                client.delete_object(Bucket=bucket, Key=key)
+            print(
+                f"  run {run + 1} {side:8s} {(ours if side == 'ours' else base)[-1]:6.2f} s",
+                flush=True,
+            )
+    return ours, base, peaks
+
+
+def report(
+    size: int,
+    digest: str,
+    runs: int,
+    settings: Any,
+    ours: list[float],
+    base: list[float],
+    peaks: list[int],
+) -> None:
+    from comfyfleet.units import format_bytes
+
     ours_s, base_s = statistics.median(ours), statistics.median(base)
     ours_mbps, base_mbps = size / ours_s / 1e6, size / base_s / 1e6
     peak = max(peaks)
@@ -299,7 +320,7 @@ def main() -> None:
     bound_7gb = settings.memory_bound_for(7 * 1000**3)
     part = settings.part_size
     print()
-    print(f"file: {format_bytes(size)}, sha256 {digest[:16]}..., median of {args.runs} runs")
+    print(f"file: {format_bytes(size)}, sha256 {digest[:16]}..., median of {runs} runs")
     print(
         f"ours     (stream -> multipart, sha256 verified): {ours_s:6.2f} s  {ours_mbps:7.1f} MB/s"
     )
@@ -318,7 +339,6 @@ def main() -> None:
         f"{format_bytes(bound_7gb)} for a 7 GB file (same part size: "
         f"{-(-7 * 1000**3 // part)} parts)"
     )
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
     ├── InsufficientDiskError        not enough free space (needed, free, missing bytes)
     ├── LockHeldError                another process holds the warm-up lock for this root
     ├── InstanceError                GPU/disk facts could not be read (nvidia-smi failed)
+    ├── Cancelled                    the run was interrupted (Ctrl-C); unfinished work is kept
     ├── ComfyError                   ComfyUI answered with an error
     │   ├── ComfyValidationError     HTTP 400 from /prompt, with every node error listed
     │   │   └── ComfyPartialPrompt       200 with node_errors: part of the prompt was queued
@@ -279,6 +280,11 @@ class LockHeldError(ComfyfleetError):
 
 class InstanceError(ComfyfleetError):
     """Facts about this instance (GPU, disk) could not be read."""
+
+
+class Cancelled(ComfyfleetError):
+    """The run was interrupted (Ctrl-C, a cancelled flow run); unfinished work was kept
+    (a multipart upload, a ``.part`` file) so that the next run resumes it."""
 
 
 # ---------------------------------------------------------------- ComfyUI and fal.ai

@@ -1,28 +1,34 @@
 """Prefect flows ``mirror-models`` and ``mirror-refresh``: thin wrappers over the library.
 
-``mirror-models`` runs one task per file (:func:`comfyfleet.mirror.driver.mirror_file`) on a
-bounded ``ThreadPoolTaskRunner``; parts, chunks and hashing stay inside the library. A
-task retries only transient errors (connection drops, 5xx, 429, store hiccups) with
-exponential backoff and jitter; a retry resumes what the store already holds. Bytes reach
-the UI as one progress artifact for the whole run (updated at most every 2 % or 15 s),
-results as a table artifact and a markdown summary. The manifest is written once, after
-every file, with every mirrored and skipped file; then the flow fails if any file failed.
+``mirror-models`` builds :class:`~comfyfleet.mirror.options.MirrorOptions` from its
+parameters and calls the same driver as ``comfyfleet mirror``
+(:func:`comfyfleet.mirror.driver.mirror_models`), passing a ``submit`` hook that runs each
+file as a ``mirror-file`` task on a bounded ``ThreadPoolTaskRunner``; parts, chunks and
+hashing stay inside the library. Retries follow the rule in ``comfyfleet.errors``: the
+driver starts a file once per task attempt (``FLOW_FILE_ATTEMPTS``), the library reopens a
+broken source stream where it stopped, and the task retries only transient errors (with
+exponential backoff and jitter), resuming what the store already holds. Bytes reach the UI
+as one progress artifact for the whole run (updated at most every 2 % or 15 s), results as
+a table artifact and a markdown summary. The driver writes the manifest once, after every
+file; then the flow fails if any file failed.
 
 ``mirror-refresh`` asks every source what it holds now and reports changes (table +
-markdown); it never replaces a file.
+markdown); it never replaces a file. See :func:`mirror_refresh_flow` for the event and the
+final state it ends in when something changed.
 
 Parameters are names and URIs only: the store (``store`` URI or ``store_block`` name) and
 the tokens (``tokens_block`` name of a ``comfyfleet-source-tokens`` block, else
-``HF_TOKEN``/``CIVITAI_TOKEN`` from the environment) are opened inside each task, so no
-client and no secret is ever a parameter.
+``HF_TOKEN``/``CIVITAI_TOKEN`` from the environment) are opened inside the run, so no client
+and no secret is ever a parameter. The tokens block is loaded only when a selected file's
+source may need a token.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
-import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -33,20 +39,29 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from comfyfleet.catalog import ModelFile, load_catalog
-from comfyfleet.errors import ComfyfleetError, ConfigError
-from comfyfleet.mirror.driver import (
-    MirrorResult,
-    failed_result,
-    manifest_entries,
-    mirror_file,
+from comfyfleet.errors import FLOW_FILE_ATTEMPTS, ComfyfleetError
+from comfyfleet.mirror.driver import MirrorResult, MirrorRun, Submit, mirror_models, summarize
+from comfyfleet.mirror.options import (
+    DEFAULT_PARALLEL,
+    MirrorOptions,
+    TokenSource,
+    needs_token,
+    select_models,
 )
-from comfyfleet.mirror.refresh import UpstreamChange, check_upstream
-from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
-from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
+from comfyfleet.mirror.refresh import (
+    UPSTREAM_CHANGED_EVENT,
+    UpstreamChange,
+    check_upstream,
+    upstream_notice,
+)
+from comfyfleet.mirror.upload import ProgressSubscriber
+from comfyfleet.sources import Tokens
 from comfyfleet.units import format_bytes
 from flows._common import ProgressThrottle, load_tokens, open_flow_store, transient_only
 
@@ -57,10 +72,10 @@ REFRESH_KEY = "mirror-refresh-changes"
 REFRESH_SUMMARY_KEY = "mirror-refresh-summary"
 
 
-def select_models(
+def refresh_models(
     catalog_paths: list[str] | None, profile: str | None, ids: list[str] | None
 ) -> list[ModelFile]:
-    """``ids`` when given (the profile is then ignored), else the profile's files."""
+    """What a refresh checks: ``ids``, else ``profile``, else every file of the catalog."""
     catalog = load_catalog(catalog_paths or None)
     if ids:
         return catalog.select(ids=ids)
@@ -77,7 +92,6 @@ class RunProgress:
         self._lock = threading.Lock()
         self.totals = {m.id: m.size or 0 for m in models}
         self.done = dict.fromkeys(self.totals, 0)
-        self.started: dict[str, float] = {}
         self._artifact: Any = None
         self._throttle = ProgressThrottle()
         self._broken = False
@@ -95,9 +109,13 @@ class RunProgress:
         total = sum(self.totals.values())
         return 100.0 * min(1.0, sum(self.done.values()) / total) if total else 0.0
 
-    def begin(self, model_id: str) -> float:
-        with self._lock:
-            return self.started.setdefault(model_id, time.monotonic())
+    def subscriber(self, model: ModelFile) -> ProgressSubscriber:
+        """The driver's ``progress_for`` hook."""
+        return _FileProgress(self, model.id)
+
+    def settle(self, result: MirrorResult) -> None:
+        """The driver's ``on_result`` hook: a finished or failed file counts as done."""
+        self.finish(result.id, result.bytes if result.ok else 0)
 
     def learn_total(self, model_id: str, total: int | None) -> None:
         with self._lock:
@@ -141,10 +159,6 @@ class _FileProgress(ProgressSubscriber):
         self.run.add(self.model_id, n)
 
 
-# Progress of the runs in this process, by a key passed to the tasks as plain data.
-_RUNS: dict[str, RunProgress] = {}
-
-
 # ---------------------------------------------------------------- mirror-models
 
 
@@ -157,31 +171,11 @@ _RUNS: dict[str, RunProgress] = {}
     retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
 )
-def mirror_file_task(
-    model: ModelFile,
-    store: str | None,
-    store_block: str | None,
-    tokens_block: str | None,
-    force: bool,
-    progress_key: str,
-    settings: TransferSettings | None = None,
-    manifest: Mapping[str, ManifestEntry] | None = None,
-) -> MirrorResult:
-    """Mirror one file; raises its error so that Prefect retries transient ones."""
-    run = _RUNS.get(progress_key)
-    if run is not None:
-        run.begin(model.id)
-    result = mirror_file(
-        model,
-        open_flow_store(store, store_block),
-        tokens=load_tokens(tokens_block),
-        settings=settings,
-        force=force,
-        progress=_FileProgress(run, model.id) if run is not None else None,
-        manifest=manifest,
-    )
-    if run is not None:
-        run.finish(model.id, result.bytes)
+def mirror_file_task(model: ModelFile, work: Callable[[], MirrorResult]) -> MirrorResult:
+    """Mirror one file (``work`` is the driver's unit for it); raises its error so that
+    Prefect retries transient ones. The driver starts the file once per attempt
+    (``file_attempts=FLOW_FILE_ATTEMPTS``): this task owns whole-file retries."""
+    result = work()
     speed = f", {result.mb_per_s:.1f} MB/s" if result.mb_per_s is not None else ""
     get_run_logger().info(
         "%s %s: %s in %.1f s%s",
@@ -194,22 +188,21 @@ def mirror_file_task(
     return result
 
 
-@task(
-    name="update-manifest",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=transient_only,
-    cache_policy=NO_CACHE,
-)
-def update_manifest_task(
-    results: list[MirrorResult], store: str | None, store_block: str | None
-) -> int:
-    """One atomic manifest write with every mirrored and skipped file."""
-    entries = manifest_entries(results)
-    if entries:
-        update_manifest(open_flow_store(store, store_block), entries)
-    return len(entries)
+def task_submit(runner: ThreadPoolTaskRunner[MirrorResult]) -> Submit:
+    """The driver's ``submit`` hook: each file becomes a ``mirror-file`` task run."""
+
+    def submit(model: ModelFile, work: Callable[[], MirrorResult]) -> Callable[[], MirrorResult]:
+        future = runner.submit(mirror_file_task, {"model": model, "work": work})
+        return future.result
+
+    return submit
+
+
+def flow_tokens(tokens_block: str | None) -> TokenSource:
+    """Tokens from the ``comfyfleet-source-tokens`` block (else the environment), loaded
+    only when the driver meets a file whose source may need a token: a missing block
+    fails the Hugging Face and CivitAI files, never URL or s3 ones."""
+    return functools.partial(load_tokens, tokens_block)
 
 
 def results_table(results: list[MirrorResult]) -> list[dict[str, Any]]:
@@ -263,19 +256,21 @@ def summary_markdown(results: list[MirrorResult], store_uri: str, seconds: float
 @flow(name="mirror-models")
 def mirror_models_flow(
     catalog_paths: list[str] | None = None,
-    profile: str | None = "minimal",
+    profile: str | None = None,
     ids: list[str] | None = None,
     store: str | None = None,
     store_block: str | None = None,
     force: bool = False,
-    max_parallel: int = 3,
+    max_parallel: int = DEFAULT_PARALLEL,
     tokens_block: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Mirror the catalog's files (``ids``, else ``profile``) into the store, verified.
+    """Mirror the catalog's files into the store, verified (the driver ``comfyfleet mirror``
+    runs, with the same defaults).
 
     Args:
         catalog_paths: catalog files ("builtin" = the shipped one); default the built-in.
-        profile: the profile to mirror (ignored when ``ids`` are given); None = every file.
+        profile: the profile to mirror (ignored when ``ids`` are given); default: every
+            entry of the user catalog files given, else the built-in ``minimal``.
         ids: only these model ids.
         store: the store URI (``s3://bucket/prefix``, a path); default ``$COMFYFLEET_STORE``.
         store_block: name of a ``comfyfleet-store`` block (wins over ``store``).
@@ -284,77 +279,62 @@ def mirror_models_flow(
         tokens_block: name of a ``comfyfleet-source-tokens`` block; default the environment.
     """
     logger = get_run_logger()
-    if max_parallel < 1:
-        raise ConfigError(f"max_parallel must be at least 1, got {max_parallel}")
-    began = time.monotonic()
-    models = select_models(catalog_paths, profile, ids)
+    options = MirrorOptions(
+        catalog_paths=tuple(catalog_paths or ()),
+        profile=profile,
+        ids=tuple(ids or ()),
+        force=force,
+        parallel=max_parallel,
+        store=store,
+        file_attempts=FLOW_FILE_ATTEMPTS,
+        tokens=flow_tokens(tokens_block),
+    )
+    models = select_models(options)
     flow_store = open_flow_store(store, store_block)  # fail fast on a bad store
-    store_uri = flow_store.uri
-    # Read once for every file's skip check, as comfyfleet.mirror.driver.mirror_models does.
-    manifest = read_manifest(flow_store).by_key()
-    logger.info("mirroring %d file(s) into %s", len(models), store_uri)
+    logger.info("mirroring %d file(s) into %s", len(models), flow_store.uri)
     progress = RunProgress(models)
     progress.start_artifact()
-    key = uuid.uuid4().hex
-    _RUNS[key] = progress
-    try:
-        # A runner of this run's own size: max_parallel is a parameter, the decorator's is not.
-        pool: ThreadPoolTaskRunner[MirrorResult] = ThreadPoolTaskRunner(max_workers=max_parallel)
-        with pool as runner:
-            futures = [
-                runner.submit(
-                    mirror_file_task,
-                    {
-                        "model": model,
-                        "store": store,
-                        "store_block": store_block,
-                        "tokens_block": tokens_block,
-                        "force": force,
-                        "progress_key": key,
-                        "manifest": manifest,
-                    },
-                )
-                for model in models
-            ]
-            results: list[MirrorResult] = []
-            for model, future in zip(models, futures, strict=True):
-                outcome = future.result(raise_on_failure=False)
-                if isinstance(outcome, MirrorResult):
-                    results.append(outcome)
-                    continue
-                started = progress.started.get(model.id, began)
-                exc = outcome if isinstance(outcome, BaseException) else RuntimeError(outcome)
-                result = failed_result(model, exc, time.monotonic() - started)
-                logger.error("failed %s: %s", model.key, result.error)
-                progress.finish(model.id, 0)
-                results.append(result)
-    finally:
-        _RUNS.pop(key, None)
+    # A runner of this run's own size: max_parallel is a parameter, the decorator's is not.
+    pool: ThreadPoolTaskRunner[MirrorResult] = ThreadPoolTaskRunner(max_workers=max_parallel)
+    with pool as runner:
+        run = mirror_models(
+            options,
+            store=flow_store,
+            models=models,
+            progress_for=progress.subscriber,
+            on_result=progress.settle,
+            submit=task_submit(runner),
+        )
     progress.publish(force=True)
-    written = update_manifest_task(results, store, store_block)
-    seconds = time.monotonic() - began
+    return report_run(run)
+
+
+def report_run(run: MirrorRun) -> list[dict[str, Any]]:
+    """Artifacts and the log line for a finished run; raises when a file failed."""
     create_table_artifact(
-        table=results_table(results), key=RESULTS_KEY, description=f"mirror into {store_uri}"
+        table=results_table(run.results),
+        key=RESULTS_KEY,
+        description=f"mirror into {run.store_uri}",
     )
     create_markdown_artifact(
-        markdown=summary_markdown(results, store_uri, seconds), key=SUMMARY_KEY
+        markdown=summary_markdown(run.results, run.store_uri, run.seconds), key=SUMMARY_KEY
     )
-    failed = [r for r in results if r.status == "failed"]
-    logger.info(
-        "%d mirrored, %d skipped, %d failed; manifest: %d entries written",
-        sum(r.status == "mirrored" for r in results),
-        sum(r.status == "skipped" for r in results),
-        len(failed),
-        written,
+    failed = run.failed
+    for r in failed:
+        get_run_logger().error("failed %s: %s", r.key, r.error)
+    get_run_logger().info(
+        "%s; manifest %s",
+        summarize(run),
+        "written" if run.manifest_written else "unchanged",
     )
     if failed:
         raise ComfyfleetError(
-            f"{len(failed)} of {len(results)} file(s) failed to mirror: "
+            f"{len(failed)} of {len(run.results)} file(s) failed to mirror: "
             + "; ".join(f"{r.id}: {r.error}" for r in failed),
             hint="see the mirror-results artifact; a rerun skips finished files and resumes "
             "unfinished uploads",
         )
-    return [r.row() for r in results]
+    return [r.row() for r in run.results]
 
 
 # ---------------------------------------------------------------- mirror-refresh
@@ -364,7 +344,8 @@ def mirror_models_flow(
 def check_upstream_task(
     models: list[ModelFile], store: str | None, store_block: str | None, tokens_block: str | None
 ) -> list[UpstreamChange]:
-    return check_upstream(models, open_flow_store(store, store_block), load_tokens(tokens_block))
+    tokens = load_tokens(tokens_block) if any(needs_token(m) for m in models) else Tokens()
+    return check_upstream(models, open_flow_store(store, store_block), tokens)
 
 
 def refresh_markdown(changes: list[UpstreamChange], checked: int, store_uri: str) -> str:
@@ -386,6 +367,25 @@ def refresh_markdown(changes: list[UpstreamChange], checked: int, store_uri: str
     return "\n".join(lines) + "\n"
 
 
+UPSTREAM_CHANGED_STATE = "UpstreamChanged"
+
+
+def emit_upstream_changed(notice: dict[str, Any], store_uri: str) -> None:
+    """Emit ``comfyfleet.mirror.upstream-changed`` for the store (resource) with ``notice``
+    as payload. The resource label ``comfyfleet.mirror.unpinned`` is "true" when a mirror
+    run would take some change: the automation in prefect.yaml matches on it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", store_uri.lower()).strip("-") or "store"
+    emit_event(
+        event=UPSTREAM_CHANGED_EVENT,
+        resource={
+            "prefect.resource.id": f"comfyfleet.mirror.{slug}",
+            "prefect.resource.name": store_uri,
+            "comfyfleet.mirror.unpinned": "true" if notice["unpinned_ids"] else "false",
+        },
+        payload={"store": store_uri, **notice},
+    )
+
+
 @flow(name="mirror-refresh")
 def mirror_refresh_flow(
     catalog_paths: list[str] | None = None,
@@ -394,13 +394,24 @@ def mirror_refresh_flow(
     store: str | None = None,
     store_block: str | None = None,
     tokens_block: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | State[Any]:
     """Re-check upstream for the catalog's files (default: all) and report what changed.
 
     Reports new HF commits on unpinned refs, newer files on ``main`` for pinned commits,
-    new CivitAI versions of tracked models, and changed sizes/hashes; replaces nothing.
+    new CivitAI versions of tracked models, changed sizes/hashes and unreachable sources;
+    replaces nothing.
+
+    When something notable turned up (anything but ``not-mirrored``), the flow emits
+    ``comfyfleet.mirror.upstream-changed`` (payload: :func:`upstream_notice`) and ends in
+    a **Failed** state named ``UpstreamChanged`` whose message lists the ids. Why Failed
+    and not a Completed variant: an operator notices failures without extra setup (the
+    run is red in the UI, the usual "flow run failed" notifications fire,
+    ``prefect deployment run --watch`` exits non-zero), and a refresh that found drift
+    did not reach its goal of confirming the mirror is current. The state's name keeps it
+    apart from a crash; its data is the same change rows a clean run returns. A clean
+    run (nothing, or only files not mirrored yet) ends Completed.
     """
-    models = select_models(catalog_paths, profile, ids)
+    models = refresh_models(catalog_paths, profile, ids)
     store_uri = open_flow_store(store, store_block).uri
     changes = check_upstream_task(models, store, store_block, tokens_block)
     create_table_artifact(
@@ -413,4 +424,15 @@ def mirror_refresh_flow(
         markdown=refresh_markdown(changes, len(models), store_uri), key=REFRESH_SUMMARY_KEY
     )
     get_run_logger().info("%d upstream change(s) in %d file(s)", len(changes), len(models))
-    return [c.row() for c in changes]
+    rows = [c.row() for c in changes]
+    notice = upstream_notice(changes)
+    if notice is None:
+        return rows
+    emit_upstream_changed(notice, store_uri)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(notice["kinds"].items()))
+    return Failed(
+        name=UPSTREAM_CHANGED_STATE,
+        message=f"upstream changed for {len(notice['ids'])} file(s) ({kinds}): "
+        f"{', '.join(notice['ids'])}; see the mirror-refresh-summary artifact",
+        data=rows,
+    )

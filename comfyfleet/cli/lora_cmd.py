@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from comfyfleet.catalog import ModelFile, load_catalog
 from comfyfleet.cli.common import add_json_option, add_store_options, print_json
-from comfyfleet.cli.mirror_cmd import report, run_mirror
+from comfyfleet.cli.mirror_cmd import mirror_one, report
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import CatalogError
 from comfyfleet.generate.loras import lora_entry
@@ -211,7 +211,7 @@ def cmd_lora_add(args: argparse.Namespace) -> int:
         store = resolve_store(args)
         store_uri = store.uri
         bars = not args.json and sys.stderr.isatty()
-        run = run_mirror([model], store, force=False, parallel=1, bars=bars, tokens=tokens)
+        run = mirror_one(model, store, bars=bars, tokens=tokens)
         result = run.results[0]
         # Facts the API does not state exactly (CivitAI sizes) come from the verified bytes.
         if result.ok and "size" not in entry:

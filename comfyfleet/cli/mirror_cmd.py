@@ -1,7 +1,9 @@
 """``comfyfleet mirror``: copy catalog models from their sources into the store, verified.
 
-Runs the library directly (no Prefect): fast, and works without a Prefect server. The
-``mirror-models`` flow does the same with retries, artifacts and schedules.
+Builds :class:`~comfyfleet.mirror.options.MirrorOptions` from the command line and calls
+the driver :func:`~comfyfleet.mirror.driver.mirror_models` directly (no Prefect): fast, and
+works without a Prefect server. The ``mirror-models`` flow calls the same driver with the
+same defaults, adding task retries, artifacts and schedules.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from comfyfleet.catalog import ModelFile, load_catalog
+from comfyfleet.catalog import ModelFile
 from comfyfleet.cli.common import (
     add_catalog_option,
     add_json_option,
@@ -31,13 +33,18 @@ from comfyfleet.cli.common import (
 )
 from comfyfleet.cli.stores import resolve_store
 from comfyfleet.errors import ConfigError
-from comfyfleet.mirror.driver import MirrorResult, MirrorRun, mirror_models, summarize
-from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings
+from comfyfleet.mirror.driver import (
+    MirrorResult,
+    MirrorRun,
+    mirror_files,
+    mirror_models,
+    summarize,
+)
+from comfyfleet.mirror.options import DEFAULT_PARALLEL, DEFAULT_SELECTION_HELP, MirrorOptions
+from comfyfleet.mirror.upload import ProgressSubscriber
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.units import format_bytes
-
-DEFAULT_PROFILE = "minimal"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,14 +53,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="copy catalog models from Hugging Face / CivitAI / URLs into the store",
         description="Stream each selected file from its source into the store, verifying "
         "sha256 before it becomes visible; skip files already there with the same sha256; "
-        "then update manifest.json. Tokens come from HF_TOKEN and CIVITAI_TOKEN.",
+        "then update manifest.json. Tokens come from HF_TOKEN and CIVITAI_TOKEN. "
+        f"Which files: --only IDs, else --profile NAME; with neither, {DEFAULT_SELECTION_HELP}. "
+        "Ctrl-C stops within a second; finished files stay recorded and a rerun resumes.",
     )
     add_catalog_option(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--profile",
         metavar="NAME",
-        help=f"mirror the files of this profile (default: {DEFAULT_PROFILE})",
+        help=f"mirror the files of this profile (default: {DEFAULT_SELECTION_HELP})",
     )
     which.add_argument(
         "--only",
@@ -69,9 +78,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=3,
+        default=DEFAULT_PARALLEL,
         metavar="N",
-        help="files at once (default 3; memory per file is bounded, see TransferSettings)",
+        help=f"files at once (default {DEFAULT_PARALLEL}; memory per file is bounded, "
+        "see TransferSettings)",
     )
     add_json_option(parser)
     parser.set_defaults(func=cmd_mirror)
@@ -134,56 +144,62 @@ def result_table(results: list[MirrorResult]) -> Table:
     return table
 
 
-def select_models(args: argparse.Namespace) -> list[ModelFile]:
-    catalog = load_catalog(args.catalog or None)
-    if args.only:
-        return catalog.select(ids=args.only)
-    return catalog.select(profile=args.profile or DEFAULT_PROFILE)
-
-
-def cmd_mirror(args: argparse.Namespace) -> int:
+def options_from_args(args: argparse.Namespace) -> MirrorOptions:
+    """The run the command line asks for (defaults from :class:`MirrorOptions`)."""
     if args.parallel < 1:
         raise ConfigError(
             f"--parallel must be at least 1, got {args.parallel}", hint="use e.g. --parallel 3"
         )
-    models = select_models(args)
+    return MirrorOptions(
+        catalog_paths=tuple(args.catalog or ()),
+        profile=args.profile,
+        ids=tuple(args.only or ()),
+        force=args.force,
+        parallel=args.parallel,
+        store=args.store,
+    )
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
     store = resolve_store(args)
     show_bars = not args.json and sys.stderr.isatty()
-    run = run_mirror(models, store, force=args.force, parallel=args.parallel, bars=show_bars)
+    run = run_mirror(options, store, bars=show_bars)
     report(run, store.uri, as_json=args.json)
     return 0 if run.ok else 1
 
 
 def run_mirror(
-    models: list[ModelFile],
+    options: MirrorOptions,
     store: ObjectStore,
     *,
-    force: bool,
-    parallel: int,
     bars: bool,
-    settings: TransferSettings | None = None,
-    tokens: Tokens | None = None,
+    models: list[ModelFile] | None = None,
 ) -> MirrorRun:
-    """Mirror with a progress bar per file on stderr when ``bars``."""
-    tokens = Tokens.from_env() if tokens is None else tokens
+    """The driver, with a progress bar per file on stderr when ``bars``."""
     if not bars:
-        return mirror_models(
-            models, store, tokens=tokens, settings=settings, force=force, max_parallel=parallel
-        )
+        return mirror_models(options, store=store, models=models)
     progress = progress_bars(sys.stderr)
 
     def factory(model: ModelFile) -> ProgressSubscriber:
         return _BarTask(progress, model.id)
 
     with progress:
-        return mirror_models(
-            models,
+        return mirror_models(options, store=store, models=models, progress_for=factory)
+
+
+def mirror_one(model: ModelFile, store: ObjectStore, *, bars: bool, tokens: Tokens) -> MirrorRun:
+    """Mirror a single file that is not in a catalog file yet (``lora add``)."""
+    if not bars:
+        return mirror_files([model], store, tokens=tokens, max_parallel=1)
+    progress = progress_bars(sys.stderr)
+    with progress:
+        return mirror_files(
+            [model],
             store,
             tokens=tokens,
-            settings=settings,
-            force=force,
-            max_parallel=parallel,
-            progress_for=factory,
+            max_parallel=1,
+            progress_for=lambda m: _BarTask(progress, m.id),
         )
 
 

@@ -1,11 +1,19 @@
-"""Mirror catalog models from their sources into an object store, verified and idempotent.
+"""The mirror driver: catalog models from their sources into an object store, verified.
 
-``mirror_model`` handles one file:
+``mirror_models(options)`` is the one driver ``comfyfleet mirror`` and the
+``mirror-models`` flow both call (:class:`~comfyfleet.mirror.options.MirrorOptions` holds
+every default). It selects the files, runs them through :func:`mirror_files` (on its own
+threads, or through the caller's ``submit`` hook: the flow's task runner) and writes the
+manifest once, atomically, with every mirrored and skipped file.
+
+``mirror_file`` handles one file:
 
 1. **Skip** when the store already holds the key with the expected sha256 (from the
-   object's metadata, or from the manifest for the same bytes) and the expected size.
-   With a pinned catalog entry (sha256 and size known) the decision needs no network at
-   all; otherwise the source is asked for its metadata first (never for the bytes).
+   object's metadata, or from the manifest for the same bytes) and the expected size. An
+   object whose size or ETag differs from its manifest entry was replaced behind the
+   mirror's back and is mirrored again, whatever its metadata says. With a pinned catalog
+   entry (sha256 and size known) the decision needs no network at all; otherwise the
+   source is asked for its metadata first (never for the bytes).
 2. **Resolve** the source (falling back to the entry's ``alternates``) to a download plan.
    The catalog's sha256 wins: if the source reports another one, the upstream file changed
    and the mirror refuses before downloading (``IntegrityError``, "upstream changed").
@@ -13,19 +21,20 @@
    bounded memory, sha256 checked before the upload completes, Range resume inside a run,
    multipart resume across runs.
 
-Retries here are bounded: a transient failure (connection drop, 5xx, 429 with its
-``Retry-After``, a store hiccup) starts the file again up to
-``settings.file_attempts`` times, reusing what the store already holds; a corrupted
-transfer (sha256 or size mismatch) is retried once. Auth, not-found and region errors are
-not retried; their messages say what to do.
+Retries follow the rule in ``comfyfleet.errors``: the upload reopens a broken source
+stream where it stopped (``source_attempts``); a transient failure of the whole file
+starts it again up to ``settings.file_attempts`` times (3 from the CLI; 1 from a flow,
+whose task owns whole-file retries); a corrupted transfer is retried once. Auth,
+not-found and region errors are not retried; their messages say what to do.
 
-``mirror_models`` runs several files at once (``max_parallel`` threads; CivitAI downloads
-one at a time, as CivitAI asks) and then writes the manifest once, atomically, with every
-mirrored and skipped file.
+Ctrl-C (or a cancelled run) sets a ``cancel`` event that every file checks between
+chunks: files stop within a chunk, unfinished multipart uploads are kept for the next run
+to resume, and the manifest records exactly the files that landed.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +46,7 @@ from urllib.parse import quote
 
 from comfyfleet.catalog import ModelFile
 from comfyfleet.errors import (
+    Cancelled,
     ComfyfleetError,
     IntegrityError,
     RateLimited,
@@ -46,10 +56,23 @@ from comfyfleet.errors import (
     TransientError,
     UpstreamChanged,
 )
+from comfyfleet.mirror.options import (
+    DEFAULT_PARALLEL,
+    MirrorOptions,
+    TokenSource,
+    needs_token,
+    select_models,
+)
 from comfyfleet.mirror.upload import ProgressSubscriber, TransferSettings, upload_stream
 from comfyfleet.sources import DownloadPlan, Tokens, open_stream, resolve
 from comfyfleet.store.base import ObjectInfo, ObjectStore
-from comfyfleet.store.manifest import ManifestEntry, read_manifest, update_manifest
+from comfyfleet.store.manifest import (
+    ManifestEntry,
+    entry_matches,
+    read_manifest,
+    update_manifest,
+)
+from comfyfleet.store.uris import redact_uri
 from comfyfleet.units import format_bytes
 
 if TYPE_CHECKING:
@@ -117,6 +140,7 @@ class MirrorRun:
     results: list[MirrorResult]
     manifest_written: bool
     seconds: float
+    store_uri: str = ""
 
     @property
     def failed(self) -> list[MirrorResult]:
@@ -159,15 +183,18 @@ def _ascii(value: str) -> str:
 
 
 def _recorded_sha(info: ObjectInfo, entry: ManifestEntry | None) -> str | None:
-    """The sha256 the store vouches for: object metadata, else a manifest entry that
-    describes these very bytes (same size and etag)."""
+    """The sha256 the store vouches for, or None when the object's bytes are not known.
+
+    The object's metadata is believed unless the manifest describes other bytes under the
+    key (another size or ETag): an object overwritten in place keeps its old ``sha256``
+    metadata, so only the manifest's size and ETag reveal the change. Without metadata, a
+    manifest entry for these very bytes (same size and ETag) vouches instead.
+    """
+    if entry is not None and not entry_matches(entry, info):
+        return None
     if info.sha256:
         return info.sha256
-    if (
-        entry is not None
-        and entry.size == info.size
-        and (not entry.etag or entry.etag == info.etag)
-    ):
+    if entry is not None:
         return entry.sha256.lower() if entry.sha256 else None
     return None
 
@@ -256,97 +283,118 @@ def mirror_file(
     progress: ProgressSubscriber | None = None,
     manifest: Mapping[str, ManifestEntry] | None = None,
     sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> MirrorResult:
     """Mirror one file (see module docstring); raises the ``ComfyfleetError`` that stopped it.
 
     ``manifest`` maps keys to the store's manifest entries (read once by the caller);
-    when None it is read here.
+    when None it is read here. Setting ``cancel`` stops the file within one chunk
+    (``Cancelled``); an unfinished multipart upload is kept for the next run to resume.
     """
     settings = settings or TransferSettings()
     began = time.monotonic()
     if manifest is None:
         manifest = read_manifest(store).by_key()
     entry = manifest.get(model.key)
-    catalog_source = model.source.describe()
+    catalog_source = redact_uri(model.source.describe())
     counting = _Counting(progress)
+    job = _FileJob(model, store, tokens, settings, force, http, counting, began, cancel)
     try:
-        return _mirror_file(
-            model,
-            store,
-            tokens,
-            settings,
-            force,
-            http,
-            counting,
-            entry,
-            began,
-            sleep,
-            catalog_source,
-        )
+        return _mirror_file(job, entry, sleep, catalog_source)
     finally:
         if counting.started:
             counting.inner.on_done(model.key)
 
 
+@dataclass(frozen=True)
+class _FileJob:
+    """What every step of one file's mirror needs (kept together, passed once)."""
+
+    model: ModelFile
+    store: ObjectStore
+    tokens: Tokens
+    settings: TransferSettings
+    force: bool
+    http: httpx.Client | None
+    counting: _Counting
+    began: float
+    cancel: threading.Event | None
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(
+                f"{self.model.id}: interrupted before it finished",
+                hint="rerun the same command: finished files are skipped and the unfinished "
+                "upload resumes",
+            )
+
+    def wait(self, seconds: float, sleep: Sleep) -> None:
+        """A retry's backoff, cut short by ``cancel``."""
+        if self.cancel is None:
+            sleep(seconds)
+        else:
+            self.cancel.wait(seconds)
+        self.check_cancel()
+
+
+def _skip_unchanged(
+    job: _FileJob, info: ObjectInfo | None, entry: ManifestEntry | None, plan: DownloadPlan
+) -> MirrorResult | None:
+    """A skip result when the store already holds what ``plan`` describes, else None."""
+    model = job.model
+    if job.force or info is None:
+        return None
+    expected_sha = _expected_sha(model, plan)
+    expected_size = _expected_size(model, plan)
+    recorded = _recorded_sha(info, entry)
+    same_size = expected_size is None or expected_size == info.size
+    if expected_sha and recorded == expected_sha and same_size:
+        return _skip_result(model, info, expected_sha, entry, job.began, plan.source, plan.revision)
+    if (
+        not expected_sha
+        and recorded
+        and same_size
+        and entry is not None
+        and entry.source == plan.source
+        and plan.revision is not None
+        and entry.revision == plan.revision
+    ):
+        # No hash known upstream: the same source and revision as last time.
+        return _skip_result(model, info, recorded, entry, job.began, plan.source, plan.revision)
+    return None
+
+
 def _mirror_file(
-    model: ModelFile,
-    store: ObjectStore,
-    tokens: Tokens,
-    settings: TransferSettings,
-    force: bool,
-    http: httpx.Client | None,
-    counting: _Counting,
+    job: _FileJob,
     entry: ManifestEntry | None,
-    began: float,
     sleep: Sleep,
     catalog_source: str,
 ) -> MirrorResult:
+    model, store, settings, counting = job.model, job.store, job.settings, job.counting
     pinned_sha = model.sha256
     info = store.exists(model.key)
-    if not force and info is not None and pinned_sha:
+    if not job.force and info is not None and pinned_sha:
         recorded = _recorded_sha(info, entry)
         if recorded == pinned_sha and (model.size is None or model.size == info.size):
             # Pinned and present: decided without touching the network.
-            return _skip_result(model, info, pinned_sha, entry, began, catalog_source, None)
+            return _skip_result(model, info, pinned_sha, entry, job.began, catalog_source, None)
 
     failures = 0
     integrity_failures = 0
     while True:
+        job.check_cancel()
         try:
-            plan = _resolve_any(model, tokens, http)
-            expected_sha = _expected_sha(model, plan)
+            plan = _resolve_any(model, job.tokens, job.http)
+            skipped = _skip_unchanged(job, info, entry, plan)
+            if skipped is not None:
+                return skipped
             expected_size = _expected_size(model, plan)
-            if not force and info is not None:
-                recorded = _recorded_sha(info, entry)
-                same_size = expected_size is None or expected_size == info.size
-                if expected_sha and recorded == expected_sha and same_size:
-                    return _skip_result(
-                        model, info, expected_sha, entry, began, plan.source, plan.revision
-                    )
-                if (
-                    not expected_sha
-                    and recorded
-                    and same_size
-                    and entry is not None
-                    and entry.source == plan.source
-                    and plan.revision is not None
-                    and entry.revision == plan.revision
-                ):
-                    # No hash known upstream: the same source and revision as last time.
-                    return _skip_result(
-                        model, info, recorded, entry, began, plan.source, plan.revision
-                    )
             counting.on_start(model.key, expected_size)
             return _transfer(
-                model,
-                store,
+                job,
                 plan,
-                expected_sha,
+                _expected_sha(model, plan),
                 expected_size,
-                settings,
-                http,
-                counting,
-                began,
                 attempts=failures + integrity_failures + 1,
             )
         except UpstreamChanged:
@@ -366,7 +414,7 @@ def _mirror_file(
                 if exc.retry_after > settings.max_retry_after:
                     raise
                 wait = max(wait, exc.retry_after)
-            sleep(wait)
+            job.wait(wait, sleep)
         # The object may have appeared meanwhile (another run); re-check before retrying.
         info = store.exists(model.key)
 
@@ -397,18 +445,14 @@ def _expected_size(model: ModelFile, plan: DownloadPlan) -> int | None:
 
 
 def _transfer(
-    model: ModelFile,
-    store: ObjectStore,
+    job: _FileJob,
     plan: DownloadPlan,
     expected_sha: str | None,
     expected_size: int | None,
-    settings: TransferSettings,
-    http: httpx.Client | None,
-    counting: _Counting,
-    began: float,
     *,
     attempts: int,
 ) -> MirrorResult:
+    model, settings, http = job.model, job.settings, job.http
     metadata = {"comfyfleet-id": model.id, "source": _ascii(plan.source)}
     if plan.revision:
         metadata["revision"] = _ascii(plan.revision)
@@ -418,17 +462,18 @@ def _transfer(
 
     slot = _SERIAL_SOURCES.get(plan.kind)
     if slot is not None:
-        slot.acquire()
+        _acquire(slot, job)
     try:
         result = upload_stream(
-            store,
+            job.store,
             model.key,
             chunks,
             expected_sha256=expected_sha,
             expected_size=expected_size,
             metadata=metadata,
             settings=settings,
-            progress=counting,
+            progress=job.counting,
+            cancel=job.cancel,
         )
     finally:
         if slot is not None:
@@ -445,18 +490,24 @@ def _transfer(
         id=model.id,
         key=model.key,
         bytes=result.size,
-        seconds=time.monotonic() - began,
+        seconds=time.monotonic() - job.began,
         sha256=result.sha256,
         status="mirrored",
         error=None,
         source=plan.source,
         revision=plan.revision,
-        bytes_downloaded=counting.count,
+        bytes_downloaded=job.counting.count,
         bytes_uploaded=result.bytes_uploaded,
         parts_reused=result.parts_reused,
         attempts=attempts,
         entry=entry,
     )
+
+
+def _acquire(slot: threading.BoundedSemaphore, job: _FileJob) -> None:
+    """Take a serial source's slot, giving up when the run is cancelled."""
+    while not slot.acquire(timeout=0.1):
+        job.check_cancel()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -476,7 +527,7 @@ def failed_result(model: ModelFile, exc: BaseException, seconds: float) -> Mirro
         sha256=model.sha256,
         status="failed",
         error=describe_error(exc),
-        source=model.source.describe(),
+        source=redact_uri(model.source.describe()),
         revision=None,
         transient=isinstance(exc, TransientError),
     )
@@ -493,6 +544,7 @@ def mirror_model(
     progress: ProgressSubscriber | None = None,
     manifest: Mapping[str, ManifestEntry] | None = None,
     sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> MirrorResult:
     """Like :func:`mirror_file`, but a failure becomes a ``failed`` result, not an exception."""
     began = time.monotonic()
@@ -507,6 +559,7 @@ def mirror_model(
             progress=progress,
             manifest=manifest,
             sleep=sleep,
+            cancel=cancel,
         )
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the run goes on
         return failed_result(model, exc, time.monotonic() - began)
@@ -517,53 +570,195 @@ def manifest_entries(results: Sequence[MirrorResult]) -> list[ManifestEntry]:
     return [r.entry for r in results if r.entry is not None and r.status != "failed"]
 
 
-def mirror_models(
+Wait = Callable[[], MirrorResult]
+Submit = Callable[[ModelFile, Callable[[], MirrorResult]], Wait]
+"""``submit(model, work)`` runs ``work`` (one file; raises its error) somewhere, e.g. as a
+Prefect task with retries, and returns a function that waits for the result (raising what
+``work`` raised). Without one, :func:`mirror_files` runs files on its own thread pool."""
+
+
+class _TokenCache:
+    """Tokens for each file: a token source is called once, and only for a file whose
+    source may need a token, so a missing tokens block cannot fail URL or s3 files."""
+
+    def __init__(self, tokens: Tokens | TokenSource) -> None:
+        self._source = tokens
+        self._lock = threading.Lock()
+        self._value: Tokens | None = None
+        self._error: Exception | None = None
+
+    def for_model(self, model: ModelFile) -> Tokens:
+        if isinstance(self._source, Tokens):
+            return self._source
+        if not needs_token(model):
+            return Tokens()
+        with self._lock:
+            if self._value is None and self._error is None:
+                try:
+                    self._value = self._source()
+                except Exception as exc:  # noqa: BLE001 - the files that need it fail with it
+                    self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def _settled(model: ModelFile, wait: Wait, started: Mapping[str, float]) -> MirrorResult:
+    """The file's result; its error as a ``failed`` result."""
+    try:
+        return wait()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the run goes on
+        began = started.get(model.id)
+        return failed_result(model, exc, time.monotonic() - began if began else 0.0)
+
+
+def _write_manifest(store: ObjectStore, results: Sequence[MirrorResult]) -> bool:
+    entries = manifest_entries(results)
+    if entries:
+        update_manifest(store, entries)
+    return bool(entries)
+
+
+def mirror_files(
     models: Sequence[ModelFile],
     store: ObjectStore,
     *,
-    tokens: Tokens,
+    tokens: Tokens | TokenSource,
     settings: TransferSettings | None = None,
     force: bool = False,
     http: httpx.Client | None = None,
-    max_parallel: int = 3,
+    max_parallel: int = DEFAULT_PARALLEL,
     progress_for: Callable[[ModelFile], ProgressSubscriber | None] | None = None,
     on_result: Callable[[MirrorResult], None] | None = None,
+    submit: Submit | None = None,
     sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> MirrorRun:
-    """Mirror ``models`` with at most ``max_parallel`` files at once, then write the
-    manifest once with every mirrored and skipped file. Results keep the input order."""
+    """Mirror ``models`` (at most ``max_parallel`` at once, or as ``submit`` schedules
+    them), then write the manifest once with every mirrored and skipped file. Results keep
+    the input order.
+
+    Interrupted (Ctrl-C, or any ``BaseException`` in the waiting thread): ``cancel`` is
+    set, every file in flight stops within one chunk (its multipart upload kept for the
+    next run), the manifest records the files that did land, and the exception goes on.
+    """
     if max_parallel < 1:
         raise ValueError("max_parallel must be at least 1")
     began = time.monotonic()
+    _clean_stale_temp(store)
     manifest = read_manifest(store).by_key()
+    cancel = cancel or threading.Event()
+    token_cache = _TokenCache(tokens)
+    started: dict[str, float] = {}
 
-    def one(model: ModelFile) -> MirrorResult:
-        result = mirror_model(
+    def work(model: ModelFile) -> MirrorResult:
+        started.setdefault(model.id, time.monotonic())
+        return mirror_file(
             model,
             store,
-            tokens=tokens,
+            tokens=token_cache.for_model(model),
             settings=settings,
             force=force,
             http=http,
             progress=progress_for(model) if progress_for else None,
             manifest=manifest,
             sleep=sleep,
+            cancel=cancel,
         )
-        if on_result is not None:
-            on_result(result)
-        return result
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(max_parallel, len(models) or 1)),
-        thread_name_prefix="comfyfleet-mirror",
-    ) as pool:
-        results = list(pool.map(one, models))
-    entries = manifest_entries(results)
-    written = False
-    if entries:
-        update_manifest(store, entries)
-        written = True
-    return MirrorRun(results=results, manifest_written=written, seconds=time.monotonic() - began)
+    pool: ThreadPoolExecutor | None = None
+    if submit is None:
+        pool = ThreadPoolExecutor(
+            max_workers=max(1, min(max_parallel, len(models) or 1)),
+            thread_name_prefix="comfyfleet-mirror",
+        )
+        submit = _pool_submit(pool)
+    waits: list[Wait] = []
+    results: list[MirrorResult] = []
+    try:
+        waits.extend(submit(model, functools.partial(work, model)) for model in models)
+        for model, wait in zip(models, waits, strict=True):
+            results.append(_settled(model, wait, started))
+            if on_result is not None:
+                on_result(results[-1])
+    except BaseException:
+        _stop(cancel, pool)
+        landed = [
+            _settled(m, w, started)
+            for m, w in zip(models[len(results) :], waits[len(results) :], strict=False)
+        ]
+        _write_manifest(store, results + landed)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    written = _write_manifest(store, results)
+    return MirrorRun(
+        results=results,
+        manifest_written=written,
+        seconds=time.monotonic() - began,
+        store_uri=store.uri,
+    )
+
+
+def _clean_stale_temp(store: ObjectStore) -> None:
+    """Drop what killed runs left in a local store's temp dir (S3 stores have none)."""
+    clean = getattr(store, "clean_stale_temp", None)
+    if callable(clean):
+        clean()
+
+
+def _pool_submit(pool: ThreadPoolExecutor) -> Submit:
+    def submit(model: ModelFile, work: Callable[[], MirrorResult]) -> Wait:
+        return pool.submit(work).result
+
+    return submit
+
+
+def _stop(cancel: threading.Event, pool: ThreadPoolExecutor | None) -> None:
+    """Tell every file in flight to stop and wait for them (each stops within a chunk)."""
+    cancel.set()
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def mirror_models(
+    options: MirrorOptions,
+    *,
+    store: ObjectStore | None = None,
+    models: Sequence[ModelFile] | None = None,
+    http: httpx.Client | None = None,
+    progress_for: Callable[[ModelFile], ProgressSubscriber | None] | None = None,
+    on_result: Callable[[MirrorResult], None] | None = None,
+    submit: Submit | None = None,
+    sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
+) -> MirrorRun:
+    """The mirror driver, shared by ``comfyfleet mirror`` and the ``mirror-models`` flow.
+
+    ``options`` says what to mirror and how (see :class:`MirrorOptions`); ``store`` is an
+    already opened store (a ``--store-block``), else ``options.store`` is opened;
+    ``models`` a selection already made with :func:`select_models` (a flow that sizes
+    its progress first). The CLI runs files on the driver's own threads; the flow passes
+    ``submit`` to run each file as a task. See :func:`mirror_files`.
+    """
+    chosen = select_models(options) if models is None else models
+    target = options.open_store() if store is None else store
+    return mirror_files(
+        chosen,
+        target,
+        tokens=options.tokens,
+        settings=options.transfer_settings(),
+        force=options.force,
+        http=http,
+        max_parallel=options.parallel,
+        progress_for=progress_for,
+        on_result=on_result,
+        submit=submit,
+        sleep=sleep,
+        cancel=cancel,
+    )
 
 
 def summarize(run: MirrorRun) -> str:

@@ -19,11 +19,15 @@ unreachable        the source could not be asked (the error says why)
 A pinned entry (catalog ``sha256``, or an HF commit revision) is only reported: the mirror
 refuses to replace it (``UpstreamChanged``) until the catalog is updated. Unpinned files
 are replaced by the next ``mirror`` run.
+
+Every kind but ``not-mirrored`` (a fact about the store, not about upstream) is *notable*:
+:func:`upstream_notice` folds them into the payload of the
+``comfyfleet.mirror.upstream-changed`` event that the ``mirror-refresh`` flow emits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +37,7 @@ from comfyfleet.errors import ComfyfleetError
 from comfyfleet.sources import Tokens, Upstream, describe_upstream
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.manifest import ManifestEntry, read_manifest
+from comfyfleet.store.uris import redact_uri
 
 if TYPE_CHECKING:
     import httpx
@@ -70,6 +75,42 @@ class UpstreamChange:
             "detail": self.detail,
             "source": self.source,
         }
+
+
+UPSTREAM_CHANGED_EVENT = "comfyfleet.mirror.upstream-changed"
+# Kinds that say something about upstream (not-mirrored is about the store).
+NOTABLE_KINDS: frozenset[str] = frozenset(
+    {"new-commit", "newer-upstream", "new-version", "changed-sha256", "changed-size", "unreachable"}
+)
+
+
+def upstream_notice(changes: Sequence[UpstreamChange]) -> dict[str, Any] | None:
+    """The ``upstream-changed`` event payload for ``changes``, None when nothing notable.
+
+    Keys: ``ids`` (every model with a notable change, catalog order), ``unpinned_ids``
+    (those the next ``mirror`` run replaces: what an automation re-mirrors),
+    ``pinned_ids`` (need a catalog update), ``unreachable_ids``, ``kinds`` (count per
+    kind) and ``changes`` (one row each: id, kind, pinned, old, new, detail, source).
+    """
+    notable = [c for c in changes if c.kind in NOTABLE_KINDS]
+    if not notable:
+        return None
+
+    def ids(keep: Callable[[UpstreamChange], bool]) -> list[str]:
+        return list(dict.fromkeys(c.id for c in notable if keep(c)))
+
+    kinds: dict[str, int] = {}
+    for c in notable:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    unreachable = ids(lambda c: c.kind == "unreachable")
+    return {
+        "ids": ids(lambda c: True),
+        "unpinned_ids": ids(lambda c: not c.pinned and c.kind != "unreachable"),
+        "pinned_ids": ids(lambda c: c.pinned and c.kind != "unreachable"),
+        "unreachable_ids": unreachable,
+        "kinds": kinds,
+        "changes": [c.row() for c in notable],
+    }
 
 
 def is_pinned(model: ModelFile) -> bool:
@@ -141,7 +182,7 @@ def _check_one(
     http: httpx.Client | None,
 ) -> list[UpstreamChange]:
     pinned = is_pinned(model)
-    label = model.source.describe()
+    label = redact_uri(model.source.describe())
     changes: list[UpstreamChange] = []
     if not present:
         changes.append(

@@ -56,7 +56,13 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from comfyfleet.errors import ConfigError, IntegrityError, RateLimited, SourceUnavailable
+from comfyfleet.errors import (
+    Cancelled,
+    ConfigError,
+    IntegrityError,
+    RateLimited,
+    SourceUnavailable,
+)
 from comfyfleet.store.base import (
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -222,6 +228,14 @@ def read_source(
             on_reopen(offset)
 
 
+def _check_cancel(cancel: threading.Event | None, key: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(
+            f"upload of {key!r} interrupted",
+            hint="rerun: the unfinished multipart upload is kept and resumed",
+        )
+
+
 def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
@@ -281,10 +295,12 @@ class _PartUploader:
             thread_name_prefix="comfyfleet-part",
         )
 
-    def acquire_slot(self) -> None:
-        """Block until a part may be held in memory (the memory bound)."""
+    def acquire_slot(self, cancel: threading.Event | None = None) -> None:
+        """Block until a part may be held in memory (the memory bound), or ``cancel``."""
         self.raise_if_failed()
-        self.slots.acquire()
+        while not self.slots.acquire(timeout=0.1):
+            _check_cancel(cancel, self.key)
+            self.raise_if_failed()
 
     def submit(self, number: int, data: bytes) -> None:
         """Upload part ``number`` (a slot must be held), or reuse a matching existing one."""
@@ -341,6 +357,83 @@ class _PartUploader:
             leftover.abort()
 
 
+def _cancellable_sleep(cancel: threading.Event, key: str) -> Sleep:
+    def sleep(seconds: float) -> None:
+        cancel.wait(seconds)
+        _check_cancel(cancel, key)
+
+    return sleep
+
+
+class _PartCutter:
+    """Cuts the stream into parts of ``part_size`` and hands each full one to the uploader
+    (starting the multipart upload with the first). A full part is handed off only once
+    more bytes exist, so a file of exactly one part still takes the single-request path."""
+
+    def __init__(
+        self, uploader: _PartUploader, part_size: int, cancel: threading.Event | None
+    ) -> None:
+        self.uploader = uploader
+        self.part_size = part_size
+        self.cancel = cancel
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+        self.next_part = 1
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view.nbytes:
+            if self.pending_len == self.part_size:
+                self.hand_off()
+            take = min(self.part_size - self.pending_len, view.nbytes)
+            self.pending.append(chunk if take == len(chunk) else bytes(view[:take]))
+            self.pending_len += take
+            view = view[take:]
+
+    def hand_off(self) -> None:
+        uploader = self.uploader
+        if not uploader.started:
+            uploader.start()
+        uploader.acquire_slot(self.cancel)
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_len = 0
+        uploader.submit(self.next_part, data)
+        self.next_part += 1
+
+    def take_all(self) -> bytes:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_len = 0
+        return data
+
+
+def _complete_multipart(
+    store: ObjectStore,
+    key: str,
+    cutter: _PartCutter,
+    final_meta: Mapping[str, str],
+    expected: str | None,
+) -> ObjectInfo:
+    """Upload the last part, complete the upload and make sure the object's metadata
+    records the verified sha256."""
+    uploader = cutter.uploader
+    if cutter.pending:
+        cutter.hand_off()
+    parts = uploader.wait()
+    uploader.shutdown()
+    assert uploader.upload is not None
+    info = uploader.upload.complete(parts)
+    if uploader.resumed_upload_id is not None or not expected:
+        # The upload's creator may have recorded other metadata, and without an
+        # expected hash none was set up front: record the verified one now.
+        current = store.head(key)
+        if any(current.metadata.get(k) != v for k, v in final_meta.items()):
+            info = store.set_metadata(key, final_meta)
+    uploader.abort_leftovers()
+    return info
+
+
 def upload_stream(
     store: ObjectStore,
     key: str,
@@ -352,64 +445,40 @@ def upload_stream(
     settings: TransferSettings | None = None,
     progress: ProgressSubscriber | None = None,
     sleep: Sleep = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> UploadResult:
     """Stream ``chunks_factory(0)`` into ``key`` of ``store``, verified; see module docstring.
 
     Raises ``IntegrityError`` (upload aborted) when the size or sha256 differs from the
     expected one, ``SourceUnavailable``/``RateLimited`` when the source keeps failing
-    (upload kept for a later resume), and any store error as raised by the store.
+    (upload kept for a later resume), ``Cancelled`` within one chunk of ``cancel`` being
+    set (upload kept), and any store error as raised by the store.
     """
+    if cancel is not None:
+        sleep = _cancellable_sleep(cancel, key)
     check_key(key)
     settings = settings or TransferSettings()
     progress = progress or ProgressSubscriber()
     expected = expected_sha256.lower() if expected_sha256 else None
-    part_size = plan_part_size(expected_size, settings.part_size)
     meta = dict(metadata or {})
     if expected:
         meta[SHA256_METADATA_KEY] = expected
     began = time.monotonic()
-    reopens = 0
-
-    def count_reopen(_offset: int) -> None:
-        nonlocal reopens
-        reopens += 1
-
+    reopens: list[int] = []
     uploader = _PartUploader(store, key, meta, settings)
+    cutter = _PartCutter(uploader, plan_part_size(expected_size, settings.part_size), cancel)
     hasher = hashlib.sha256()
-    pending: list[bytes] = []
-    pending_len = 0
-    next_part = 1
     total = 0
-
-    def hand_off(data_parts: list[bytes]) -> None:
-        nonlocal next_part
-        if not uploader.started:
-            uploader.start()
-        uploader.acquire_slot()
-        data = b"".join(data_parts)
-        data_parts.clear()
-        uploader.submit(next_part, data)
-        next_part += 1
-
     progress.on_start(key, expected_size)
     try:
-        for chunk in read_source(chunks_factory, settings, sleep=sleep, on_reopen=count_reopen):
+        for chunk in read_source(chunks_factory, settings, sleep=sleep, on_reopen=reopens.append):
+            _check_cancel(cancel, key)
             hasher.update(chunk)
             total += len(chunk)
             progress.on_bytes(len(chunk))
             if expected_size is not None and total > expected_size:
                 raise IntegrityError(key, expected_size=expected_size, actual_size=total)
-            view = memoryview(chunk)
-            while view.nbytes:
-                if pending_len == part_size:
-                    # A full part is handed off only once more bytes exist, so a file of
-                    # exactly one part still takes the single-request path.
-                    hand_off(pending)
-                    pending_len = 0
-                take = min(part_size - pending_len, view.nbytes)
-                pending.append(chunk if take == len(chunk) else bytes(view[:take]))
-                pending_len += take
-                view = view[take:]
+            cutter.feed(chunk)
         actual = hasher.hexdigest()
         if expected_size is not None and total != expected_size:
             raise IntegrityError(key, expected_size=expected_size, actual_size=total)
@@ -417,26 +486,11 @@ def upload_stream(
             raise IntegrityError(key, expected_sha256=expected, actual_sha256=actual)
         final_meta = {**meta, SHA256_METADATA_KEY: actual}
         if not uploader.started:
-            data = b"".join(pending)
-            pending.clear()
+            data = cutter.take_all()
             info = store.put_bytes(key, data, metadata=final_meta)
             bytes_uploaded, parts_uploaded = len(data), 1
         else:
-            if pending:
-                hand_off(pending)
-            parts = uploader.wait()
-            uploader.shutdown()
-            assert uploader.upload is not None
-            info = uploader.upload.complete(parts)
-            if uploader.resumed_upload_id is not None or not expected:
-                # The upload's creator may have recorded other metadata, and without an
-                # expected hash none was set up front: record the verified one now.
-                current = store.head(key)
-                if current.sha256 != actual or any(
-                    current.metadata.get(k) != v for k, v in final_meta.items()
-                ):
-                    info = store.set_metadata(key, final_meta)
-            uploader.abort_leftovers()
+            info = _complete_multipart(store, key, cutter, final_meta, expected)
             bytes_uploaded, parts_uploaded = uploader.bytes_uploaded, uploader.parts_uploaded
     except IntegrityError:
         uploader.abort()
@@ -452,7 +506,7 @@ def upload_stream(
         parts_uploaded=parts_uploaded,
         parts_reused=uploader.parts_reused,
         bytes_uploaded=bytes_uploaded,
-        source_reopens=reopens,
+        source_reopens=len(reopens),
         resumed_upload_id=uploader.resumed_upload_id,
         seconds=time.monotonic() - began,
         metadata=final_meta,

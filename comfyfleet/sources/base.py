@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from comfyfleet import config
+from comfyfleet.store.uris import redact_uri
 
 # Query parameters whose values are secrets (CivitAI ?token=, presigned S3/CloudFront URLs).
 _SECRET_QUERY_KEYS = frozenset(
@@ -113,7 +114,8 @@ def source_kind(label: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the values of secret query parameters replaced by ``***``."""
+    """``url`` with its userinfo and the values of secret query parameters as ``***``."""
+    url = redact_uri(url)
     parts = urlsplit(url)
     if not parts.query:
         return url
@@ -123,8 +125,8 @@ def redact_url(url: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """``url`` without its query string (what error messages name)."""
-    parts = urlsplit(url)
+    """``url`` without its query string or userinfo (what error messages name)."""
+    parts = urlsplit(redact_uri(url))
     return urlunsplit(parts._replace(query="", fragment=""))
 
 

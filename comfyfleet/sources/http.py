@@ -246,33 +246,9 @@ def error_for_response(
     code = response.headers.get("X-Error-Code", "")
     src = ctx.source
 
-    if code == "GatedRepo":
-        page = ctx.page or "the repo page"
-        return GatedRepoError(
-            f"{src}: gated repo, "
-            + (
-                "the token in HF_TOKEN has not been granted access"
-                if ctx.token_set
-                else "no Hugging Face token was sent"
-            )
-            + f" ({detail})",
-            source=src,
-            hint=f"accept the terms at {page} with your account, then set HF_TOKEN to a "
-            "read token of that account",
-        )
-    if code in ("RepoNotFound", "RevisionNotFound", "EntryNotFound"):
-        what = {
-            "RepoNotFound": "repository",
-            "RevisionNotFound": "revision",
-            "EntryNotFound": "file",
-        }[code]
-        hint = {
-            "RepoNotFound": "check the repo id; a private repo also needs HF_TOKEN"
-            + ("" if ctx.token_set else " (none is set)"),
-            "RevisionNotFound": "check the revision: a branch, tag or 40-hex commit",
-            "EntryNotFound": "check the file path inside the repo at that revision",
-        }[code]
-        return SourceNotFound(f"{src}: {what} not found ({detail})", source=src, hint=hint)
+    hub_error = _hub_error(code, ctx, detail)
+    if hub_error is not None:
+        return hub_error
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         wait = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
@@ -317,6 +293,40 @@ def error_for_response(
         source=src,
         hint="the request was refused as malformed; check the link or report it",
     )
+
+
+def _hub_error(code: str, ctx: ErrorContext, detail: str) -> SourceError | None:
+    """The error Hugging Face names in ``X-Error-Code`` (gated, repo/revision/file not
+    found), None for other codes."""
+    src = ctx.source
+    if code == "GatedRepo":
+        page = ctx.page or "the repo page"
+        return GatedRepoError(
+            f"{src}: gated repo, "
+            + (
+                "the token in HF_TOKEN has not been granted access"
+                if ctx.token_set
+                else "no Hugging Face token was sent"
+            )
+            + f" ({detail})",
+            source=src,
+            hint=f"accept the terms at {page} with your account, then set HF_TOKEN to a "
+            "read token of that account",
+        )
+    if code in ("RepoNotFound", "RevisionNotFound", "EntryNotFound"):
+        what = {
+            "RepoNotFound": "repository",
+            "RevisionNotFound": "revision",
+            "EntryNotFound": "file",
+        }[code]
+        hint = {
+            "RepoNotFound": "check the repo id; a private repo also needs HF_TOKEN"
+            + ("" if ctx.token_set else " (none is set)"),
+            "RevisionNotFound": "check the revision: a branch, tag or 40-hex commit",
+            "EntryNotFound": "check the file path inside the repo at that revision",
+        }[code]
+        return SourceNotFound(f"{src}: {what} not found ({detail})", source=src, hint=hint)
+    return None
 
 
 def _auth_hint(ctx: ErrorContext, said: str) -> str:
@@ -529,34 +539,49 @@ def _stream_response(
     ctx: ErrorContext,
     chunk_size: int,
 ) -> ByteStream:
+    """The response's body from ``offset`` as a ``ByteStream``, after every check that can
+    refuse it (status, login page, Content-Range, ETag, size); closes it when refusing."""
     final_url = str(response.request.url)
-    storage = not same_origin(httpx.URL(plan.url), response.request.url)
-    status = response.status_code
 
     def close() -> None:
         response.close()
         if owned_client is not None:
             owned_client.close()
 
-    total: int | None
-    if status == 416:
-        _, _, total = _content_range(response.headers.get("Content-Range"))
+    try:
+        if response.status_code == 416:
+            _, _, total = _content_range(response.headers.get("Content-Range"))
+            if total is not None and total == offset:
+                close()
+                return empty_stream(offset, plan.file_name, total, final_url)
+            raise SourceProtocolError(
+                f"{plan.source}: offset {offset} is beyond the end of the file"
+                + (f" ({total} bytes)" if total is not None else ""),
+                source=plan.source,
+                hint="the upstream file changed or the partial download is wrong; start over",
+            )
+        _refuse_unusable(response, plan, ctx)
+        window = _body_window(response, plan, offset)
+    except BaseException:
         close()
-        if total is not None and total == offset:
-            return empty_stream(offset, plan.file_name, total, final_url)
-        raise SourceProtocolError(
-            f"{plan.source}: offset {offset} is beyond the end of the file"
-            + (f" ({total} bytes)" if total is not None else ""),
-            source=plan.source,
-            hint="the upstream file changed or the partial download is wrong; start over",
-        )
+        raise
+    name = (
+        sanitize_file_name(parse_content_disposition(response.headers.get("Content-Disposition")))
+        or plan.file_name
+    )
+    chunks = _body_chunks(response, plan, ctx, window, chunk_size, close)
+    return ByteStream(
+        chunks, close, offset=offset, file_name=name, total_size=window.total, url=final_url
+    )
+
+
+def _refuse_unusable(response: httpx.Response, plan: DownloadPlan, ctx: ErrorContext) -> None:
+    """Raise for an error status, or for CivitAI's login page served instead of the file."""
     if not response.is_success:
-        err = error_for_response(response, ctx, storage_host=storage)
-        close()
-        raise err
+        storage = not same_origin(httpx.URL(plan.url), response.request.url)
+        raise error_for_response(response, ctx, storage_host=storage)
     ctype = response.headers.get("Content-Type", "")
     if plan.kind == "civitai" and ctype.startswith("text/html"):
-        close()
         raise SourceAuthError(
             f"{plan.source}: CivitAI answered with an HTML page instead of the file "
             "(its login page): this download requires a signed-in account",
@@ -564,14 +589,28 @@ def _stream_response(
             hint=_auth_hint(ctx, ""),
         )
 
+
+@dataclass(frozen=True)
+class _Window:
+    """Which bytes of the body the caller gets: ``skip`` leading bytes dropped (a server
+    that ignored Range), ``length`` the body's length when known, ``total`` the file's."""
+
+    encoded: bool
+    length: int | None
+    total: int | None
+    skip: int
+
+
+def _body_window(response: httpx.Response, plan: DownloadPlan, offset: int) -> _Window:
+    """Check the body against the request (Content-Range, ETag, size) and say what to skip."""
     encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
     length_header = response.headers.get("Content-Length")
     length = int(length_header) if length_header and length_header.isdigit() else None
     skip = 0
-    if status == 206:
+    total: int | None
+    if response.status_code == 206:
         start, end, total = _content_range(response.headers.get("Content-Range"))
         if start != offset:
-            close()
             raise SourceProtocolError(
                 f"{plan.source}: asked for bytes from {offset}, the server sent "
                 f"{response.headers.get('Content-Range', 'no Content-Range')}",
@@ -585,16 +624,22 @@ def _stream_response(
         total = None if encoded else length
         skip = offset
         if total is not None and total < offset:
-            close()
             raise SourceProtocolError(
                 f"{plan.source}: the file is {total} bytes, shorter than offset {offset}",
                 source=plan.source,
                 hint="the upstream file changed; start over",
             )
+    _check_same_file(response, plan, offset, total)
+    return _Window(encoded=encoded, length=length, total=total, skip=skip)
+
+
+def _check_same_file(
+    response: httpx.Response, plan: DownloadPlan, offset: int, total: int | None
+) -> None:
+    """Refuse a body of another file than the one resolved (ETag on resume, total size)."""
     if plan.kind == "url" and offset > 0 and plan.revision:
         etag = response.headers.get("ETag")
         if etag and etag != plan.revision:
-            close()
             raise SourceProtocolError(
                 f"{plan.source}: the file changed upstream since it was resolved "
                 f"(ETag {plan.revision} -> {etag})",
@@ -602,7 +647,6 @@ def _stream_response(
                 hint="resolve again and start over; partial bytes of the old file are useless",
             )
     if plan.size is not None and total is not None and total != plan.size:
-        close()
         raise UpstreamChanged(
             plan.source,
             expected_size=plan.size,
@@ -610,37 +654,42 @@ def _stream_response(
             hint="the upstream file is not the one resolved or pinned; nothing was read: "
             "resolve again, and re-pin the catalog entry if the change is wanted",
         )
-    name = (
-        sanitize_file_name(parse_content_disposition(response.headers.get("Content-Disposition")))
-        or plan.file_name
-    )
 
-    def chunks() -> Iterator[bytes]:
-        raw_seen = 0
-        to_skip = skip
-        try:
-            source = response.iter_bytes(chunk_size) if encoded else response.iter_raw(chunk_size)
-            for chunk in source:
-                raw_seen += len(chunk)
-                if to_skip:
-                    if len(chunk) <= to_skip:
-                        to_skip -= len(chunk)
-                        continue
-                    chunk = chunk[to_skip:]
-                    to_skip = 0
-                if chunk:
-                    yield chunk
-            if not encoded and length is not None and raw_seen < length:
-                raise SourceUnavailable(
-                    f"{plan.source}: connection closed after {raw_seen} of {length} bytes",
-                    source=plan.source,
-                    hint="usually temporary; retry from the last byte received",
-                )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, ctx, final_url) from exc
-        finally:
-            close()
 
-    return ByteStream(
-        chunks(), close, offset=offset, file_name=name, total_size=total, url=final_url
-    )
+def _body_chunks(
+    response: httpx.Response,
+    plan: DownloadPlan,
+    ctx: ErrorContext,
+    window: _Window,
+    chunk_size: int,
+    close: Callable[[], None],
+) -> Iterator[bytes]:
+    """The body's chunks after ``window.skip`` bytes; a short body raises SourceUnavailable."""
+    final_url = str(response.request.url)
+    raw_seen = 0
+    to_skip = window.skip
+    try:
+        if window.encoded:
+            source = response.iter_bytes(chunk_size)
+        else:
+            source = response.iter_raw(chunk_size)
+        for chunk in source:
+            raw_seen += len(chunk)
+            if to_skip:
+                if len(chunk) <= to_skip:
+                    to_skip -= len(chunk)
+                    continue
+                chunk = chunk[to_skip:]
+                to_skip = 0
+            if chunk:
+                yield chunk
+        if not window.encoded and window.length is not None and raw_seen < window.length:
+            raise SourceUnavailable(
+                f"{plan.source}: connection closed after {raw_seen} of {window.length} bytes",
+                source=plan.source,
+                hint="usually temporary; retry from the last byte received",
+            )
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, ctx, final_url) from exc
+    finally:
+        close()

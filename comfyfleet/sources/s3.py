@@ -32,6 +32,7 @@ from comfyfleet.files import is_sha256
 from comfyfleet.sources.base import DownloadPlan, sanitize_file_name
 from comfyfleet.sources.http import ByteStream, empty_stream
 from comfyfleet.store.base import SHA256_METADATA_KEY
+from comfyfleet.store.uris import redact_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -79,7 +80,7 @@ def s3_client() -> S3Client:
 
 
 def _raise(exc: BaseException, label: str) -> NoReturn:
-    where = _endpoint() or "AWS S3"
+    where = redact_uri(_endpoint() or "AWS S3")
     if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
         raise SourceAuthError(
             f"{label}: no AWS credentials found",
@@ -140,7 +141,7 @@ def _raise(exc: BaseException, label: str) -> NoReturn:
 
 def resolve_s3(model: ModelFile, source: S3Source) -> DownloadPlan:
     bucket, key = parse_s3_url(source.url)
-    label = f"s3://{bucket}/{key}"
+    label = redact_uri(f"s3://{bucket}/{key}")
     client = s3_client()
     try:
         head = client.head_object(Bucket=bucket, Key=key)

@@ -12,6 +12,11 @@ Every write goes to ``.comfyfleet/tmp`` first, is fsynced, then ``os.replace``-d
 so a reader sees the old bytes or the new ones, never a mix. The temp dir is on the same
 filesystem as the objects (same root), which ``os.replace`` needs.
 
+A writer holds an exclusive ``flock`` on its temp file for as long as it writes, so a temp
+file nobody has locked belongs to a process that died (kill -9, power loss).
+:meth:`LocalStore.clean_stale_temp` (run by the mirror at the start of every run) removes
+those, and anything in the temp dir older than a day.
+
 The etag is opaque: inode, size and mtime of the data file. A metadata sidecar records the
 etag of the bytes it describes; a sidecar that no longer matches (the process died between
 writing the bytes and the sidecar) is ignored, so stale metadata such as an old sha256 is
@@ -23,6 +28,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -54,9 +60,31 @@ from comfyfleet.store.base import (
 )
 
 INTERNAL_DIR = ".comfyfleet"
+STALE_TEMP_AGE_S = 24 * 3600.0
+_TEMP_SUFFIX = ".tmp"
 _PART_PREFIX = "part-"
 _UPLOAD_INFO = "upload.json"
 _COPY_CHUNK = 8 * 1024 * 1024
+
+
+def _remove_if_unlocked(path: str) -> bool:
+    """Unlink ``path`` when no process holds its flock (its writer is gone); True if removed.
+
+    The lock is held across the unlink, and a writer that flocks after us sees its file
+    unlinked (``st_nlink == 0``) and starts a new one, so a live write is never lost."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _etag(st: os.stat_result) -> str:
@@ -181,10 +209,42 @@ class LocalStore:
     # ------------------------------------------------------------------ low-level writes
 
     def _new_temp(self) -> tuple[int, Path]:
+        """A new temp file, open for writing and flock-ed by this process until closed."""
         self._tmp.mkdir(parents=True, exist_ok=True)
-        path = self._tmp / f"{uuid.uuid4().hex}.tmp"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return fd, path
+        while True:
+            path = self._tmp / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                return fd, path
+            # A cleaner took it for a dead writer's file between open and flock: again.
+            os.close(fd)
+
+    def clean_stale_temp(self, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+        """Remove temp files no live writer holds (their lock is free) and anything in the
+        temp dir older than ``max_age_s``; returns how many entries went."""
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        now = time.time()
+        removed = 0
+        for entry in entries:
+            try:
+                old = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
+                if entry.is_dir(follow_symlinks=False):
+                    if old:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        removed += 1
+                elif entry.name.endswith(_TEMP_SUFFIX):
+                    if old:
+                        os.unlink(entry.path)
+                        removed += 1
+                    elif _remove_if_unlocked(entry.path):
+                        removed += 1
+            except FileNotFoundError:
+                continue  # finished or cleaned meanwhile
+        return removed
 
     def _write_temp(self, data: bytes) -> Path:
         fd, path = self._new_temp()

@@ -109,6 +109,42 @@ class Manifest(BaseModel):
         return self.model_dump_json(indent=1).encode() + b"\n"
 
 
+def entry_matches(entry: ManifestEntry, info: ObjectInfo) -> bool:
+    """True when ``info`` (a head of the entry's key) shows the bytes the entry describes:
+    same size, and the same ETag when the entry recorded one. An object overwritten in the
+    store keeps its ``sha256`` metadata; only this comparison notices it."""
+    if entry.size != info.size:
+        return False
+    return not entry.etag or _plain_etag(entry.etag) == _plain_etag(info.etag)
+
+
+def _plain_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def remirror_hint(entry: ManifestEntry) -> str:
+    """What to do when the store's object no longer matches its manifest entry."""
+    return (
+        f"the object under {entry.key} was replaced in the store after it was mirrored; "
+        f"restore it with `comfyfleet mirror --force --only {entry.id}` (the catalog is fine)"
+    )
+
+
+def stale_entries(store: ObjectStore, manifest: Manifest) -> list[tuple[ManifestEntry, str]]:
+    """Entries whose object is missing or no longer the mirrored bytes, each with the fix.
+
+    For readers of the manifest (a warm-up planning its pull): one ``head`` per entry.
+    """
+    stale: list[tuple[ManifestEntry, str]] = []
+    for entry in manifest.entries:
+        info = store.exists(entry.key)
+        if info is None:
+            stale.append((entry, f"{entry.key} is missing; `comfyfleet mirror --only {entry.id}`"))
+        elif not entry_matches(entry, info):
+            stale.append((entry, remirror_hint(entry)))
+    return stale
+
+
 def _corrupt(store: ObjectStore, detail: str) -> StoreError:
     return StoreError(
         f"manifest {store.uri}/{MANIFEST_KEY} is unreadable: {detail}",

@@ -43,6 +43,7 @@ from comfyfleet.errors import (
 )
 from comfyfleet.store._common import check_chunking, clamp_range, normalize_metadata
 from comfyfleet.store.base import MAX_PARTS, MultipartUpload, ObjectInfo, PartInfo, check_key
+from comfyfleet.store.uris import redact_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -161,7 +162,7 @@ class S3Store:
     ) -> None:
         if not _BUCKET_RE.match(bucket or ""):
             raise StoreConfigError(
-                f"invalid bucket name {bucket!r}",
+                f"invalid bucket name {redact_uri(f's3://{bucket}')[5:]!r}",
                 hint="write the store as s3://bucket/prefix with a valid bucket name",
             )
         self.bucket = bucket
@@ -201,7 +202,8 @@ class S3Store:
             region_name=session.region_name or "us-east-1",
             config=config,
         )
-        self.endpoint_url: str = self._client.meta.endpoint_url
+        # Shown in every message and repr: any user:password@ in it is redacted.
+        self.endpoint_url: str = redact_uri(self._client.meta.endpoint_url)
         credentials = session.get_credentials()
         # Where the credentials came from goes into auth hints (the values never do).
         self._cred_source = (
@@ -280,7 +282,9 @@ class S3Store:
                 "(AWS_ENDPOINT_URL, or the block's endpoint_url); retrying may help",
             ) from exc
         except bexc.BotoCoreError as exc:
-            raise StoreError(f"{self._what(op, key)}: {exc}", store=self.uri) from exc
+            raise StoreError(
+                f"{self._what(op, key)}: {redact_uri(str(exc))}", store=self.uri
+            ) from exc
 
     def _what(self, op: str, key: str | None) -> str:
         return f"{op} {key!r} in {self.where}" if key is not None else f"{op} {self.where}"

@@ -195,3 +195,54 @@ def test_lora_add_into_other_file_layouts(
     if "profiles" in before:
         assert data["profiles"] == {"mine": {"models": ["mine"]}}
         assert [m["id"] for m in data["models"]] == ["mine", "one"]
+
+
+def test_mirror_user_catalog_without_profile_takes_every_entry_of_it(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.add_file("org/l", "a.safetensors", payload(1000, seed=1))
+    hub.add_file("org/l", "b.safetensors", payload(1000, seed=2))
+    catalog = write_catalog(
+        tmp_path / "user.yaml",
+        [hf_entry("a", "org/l", "a.safetensors"), hf_entry("b", "org/l", "b.safetensors")],
+    )
+    store = str(tmp_path / "store")
+    code, doc, err = run_json(
+        capsys, "mirror", "--catalog", str(catalog), "--store", store, "--json"
+    )
+    assert code == 0, err
+    assert [(r["id"], r["status"]) for r in doc["results"]] == [
+        ("a", "mirrored"),
+        ("b", "mirrored"),
+    ]
+    # With the built-in catalog named too, still only the user's entries.
+    code, doc, err = run_json(
+        capsys,
+        "mirror",
+        "--catalog",
+        "builtin",
+        "--catalog",
+        str(catalog),
+        "--store",
+        store,
+        "--json",
+    )
+    assert code == 0, err
+    assert [(r["id"], r["status"]) for r in doc["results"]] == [("a", "skipped"), ("b", "skipped")]
+
+
+def test_mirror_help_names_the_default_and_profiles_never_suggest_auto(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["mirror", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with --catalog, every entry of the given files" in text
+    assert "'minimal' profile" in text
+    catalog = write_catalog(tmp_path / "user.yaml", [hf_entry("a", "org/l", "a.safetensors")])
+    store = str(tmp_path / "store")
+    for profile, fact in (("nope", "unknown profile 'nope'"), ("auto", "concrete profile")):
+        code = main(["mirror", "--catalog", str(catalog), "--profile", profile, "--store", store])
+        err = capsys.readouterr().err
+        assert code == 2 and fact in err, err
+        hint = next(line for line in err.splitlines() if line.startswith("hint:"))
+        assert "auto" not in hint, hint

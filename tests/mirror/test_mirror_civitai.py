@@ -10,7 +10,7 @@ import yaml
 
 from comfyfleet.catalog import CivitaiSource, ModelFile
 from comfyfleet.cli import main
-from comfyfleet.mirror.driver import mirror_file, mirror_model, mirror_models
+from comfyfleet.mirror.driver import mirror_file, mirror_files, mirror_model
 from comfyfleet.mirror.refresh import check_upstream
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
@@ -97,7 +97,7 @@ def test_hostile_content_disposition_cannot_leave_the_folder(
         content_disposition='attachment; filename="../../x"',
     )
     model = civitai_model("sneaky", 31, "sneaky.safetensors")
-    run = mirror_models([model], store, tokens=Tokens(), settings=SETTINGS)
+    run = mirror_files([model], store, tokens=Tokens(), settings=SETTINGS)
     assert run.ok
     keys = sorted(info.key for info in store.list())
     assert keys == ["manifest.json", "models/loras/sneaky.safetensors"]
@@ -166,7 +166,7 @@ def test_refresh_reports_new_version_and_changed_bytes_without_replacing(
         source=CivitaiSource(type="civitai", model_id=60, version_id=61),
         sha256=sha(old),
     )
-    assert mirror_models([tracked], local_store, tokens=Tokens(), settings=SETTINGS).ok
+    assert mirror_files([tracked], local_store, tokens=Tokens(), settings=SETTINGS).ok
     assert check_upstream([tracked], local_store, Tokens()) == []
 
     civitai.add_version(60, 62, "v2")

@@ -1,4 +1,4 @@
-"""mirror_model / mirror_models: the real huggingface_hub against the test hub, into
+"""mirror_model / mirror_files: the real huggingface_hub against the test hub, into
 LocalStore and SeaweedFS, with every fault the issue lists."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from comfyfleet.errors import GatedRepoError, SourceAuthError
-from comfyfleet.mirror.driver import mirror_file, mirror_model, mirror_models
+from comfyfleet.mirror.driver import mirror_file, mirror_files, mirror_model
 from comfyfleet.mirror.upload import MiB
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
@@ -39,7 +39,7 @@ def test_mirror_models_then_rerun_downloads_nothing(hub: FakeHub, store: ObjectS
     )
     unpinned = hf_model("style-b", "org/loras", "style-b.safetensors")
 
-    run = mirror_models([pinned, unpinned], store, tokens=NO_TOKENS, settings=SETTINGS)
+    run = mirror_files([pinned, unpinned], store, tokens=NO_TOKENS, settings=SETTINGS)
     assert [r.status for r in run.results] == ["mirrored", "mirrored"], run.results
     assert run.manifest_written
     for model, data in ((pinned, a), (unpinned, b)):
@@ -51,7 +51,7 @@ def test_mirror_models_then_rerun_downloads_nothing(hub: FakeHub, store: ObjectS
     assert len(cdn_gets(hub)) == 2
 
     before = len(hub.requests)
-    rerun = mirror_models([pinned, unpinned], store, tokens=NO_TOKENS, settings=SETTINGS)
+    rerun = mirror_files([pinned, unpinned], store, tokens=NO_TOKENS, settings=SETTINGS)
     assert [r.status for r in rerun.results] == ["skipped", "skipped"]
     assert len(cdn_gets(hub)) == 2  # not one more byte downloaded
     # The pinned entry needed no network at all; the unpinned one only metadata.
@@ -222,7 +222,7 @@ def test_one_failure_does_not_stop_the_others(hub: FakeHub, local_store: ObjectS
         hf_model("missing", "org/g", "nope.safetensors"),
         hf_model("good", "org/g", "good.safetensors"),
     ]
-    run = mirror_models(models, local_store, tokens=NO_TOKENS, settings=SETTINGS)
+    run = mirror_files(models, local_store, tokens=NO_TOKENS, settings=SETTINGS)
     assert [r.status for r in run.results] == ["failed", "mirrored"]
     assert not run.ok and run.manifest_written
     assert [e.id for e in read_manifest(local_store).entries] == ["good"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfyfleet.mirror.driver import mirror_models
+from comfyfleet.mirror.driver import mirror_files
 from comfyfleet.mirror.refresh import check_upstream
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
@@ -23,7 +23,7 @@ def test_nothing_changed_reports_nothing(hub: FakeHub, local_store: ObjectStore)
         hf_model("pinned", "org/r", "a.safetensors", revision=commit, sha256=sha(data)),
     ]
     models[1] = models[1].model_copy(update={"file": "b.safetensors"})
-    assert mirror_models(models, local_store, tokens=Tokens(), settings=SETTINGS).ok
+    assert mirror_files(models, local_store, tokens=Tokens(), settings=SETTINGS).ok
     assert check_upstream(models, local_store, Tokens()) == []
 
 
@@ -31,7 +31,7 @@ def test_unpinned_ref_moved(hub: FakeHub, local_store: ObjectStore) -> None:
     hub.add_file("org/r", "a.safetensors", payload(3000, seed=1))
     hub.add_file("org/r", "other.safetensors", payload(10))
     model = hf_model("a", "org/r", "a.safetensors")
-    assert mirror_models([model], local_store, tokens=Tokens(), settings=SETTINGS).ok
+    assert mirror_files([model], local_store, tokens=Tokens(), settings=SETTINGS).ok
 
     unrelated = hub.add_file("org/r", "README.md", b"docs")  # main moves, the file does not
     changes = check_upstream([model], local_store, Tokens())
@@ -50,7 +50,7 @@ def test_pinned_commit_reports_newer_file_on_main(hub: FakeHub, local_store: Obj
     old = payload(2000, seed=1)
     commit = hub.add_file("org/r", "m.safetensors", old)
     model = hf_model("m", "org/r", "m.safetensors", revision=commit, sha256=sha(old), size=len(old))
-    assert mirror_models([model], local_store, tokens=Tokens(), settings=SETTINGS).ok
+    assert mirror_files([model], local_store, tokens=Tokens(), settings=SETTINGS).ok
     new = payload(2500, seed=2)
     hub.add_file("org/r", "m.safetensors", new)
     (change,) = check_upstream([model], local_store, Tokens())
