@@ -256,7 +256,7 @@ def test_prefect_yaml_mirrors_unpinned_changes_on_the_upstream_changed_event() -
     assert trigger["expect"] == [UPSTREAM_CHANGED_EVENT]
     assert trigger["match"]["comfyfleet.mirror.unpinned"] == "true"
     assert trigger["parameters"] == {"ids": "{{ event.payload.unpinned_ids }}"}
-    (runner,) = [r for r in to_runner_deployments(load_deployments()) if r.name == "mirror"]
+    (runner,) = [r for r in to_runner_deployments(load_deployments()) if r.name == "mirror-serve"]
     (automation,) = runner.triggers
     assert automation.expect == {UPSTREAM_CHANGED_EVENT}
 
