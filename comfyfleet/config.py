@@ -53,6 +53,11 @@ _VARS: tuple[EnvVar, ...] = (
     # fleet (vast.ai)
     EnvVar("VAST_API_KEY", "vast.ai API key (comfyfleet instances, fleet-reaper)", secret=True),
     EnvVar("VAST_URL", "vast.ai server (default https://console.vast.ai), as the vastai CLI"),
+    EnvVar(
+        "COMFYFLEET_GATEWAY_TOKEN",
+        "bearer token of `comfyfleet gateway`, the authenticated door to an instance's ComfyUI",
+        secret=True,
+    ),
     # Prefect (read only to name the server in error messages)
     EnvVar("PREFECT_API_URL", "the Prefect server blocks are loaded from"),
 )
