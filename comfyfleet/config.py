@@ -58,6 +58,17 @@ _VARS: tuple[EnvVar, ...] = (
         "bearer token of `comfyfleet gateway`, the authenticated door to an instance's ComfyUI",
         secret=True,
     ),
+    EnvVar(
+        "COMFYFLEET_GATEWAY_LISTEN",
+        "on an instance: HOST:PORT its gateway listens on (set by `instances up`)",
+    ),
+    EnvVar(
+        "COMFYFLEET_WHEEL_URL",
+        "on an instance: presigned URL of the comfyfleet wheel to install (set by `instances up`)",
+        secret=True,
+    ),
+    EnvVar("COMFYFLEET_WHEEL_SHA256", "on an instance: sha256 the downloaded wheel must have"),
+    EnvVar("COMFYFLEET_WHEEL_NAME", "on an instance: the wheel's file name (pip needs it)"),
     # Prefect (read only to name the server in error messages)
     EnvVar("PREFECT_API_URL", "the Prefect server blocks are loaded from"),
 )

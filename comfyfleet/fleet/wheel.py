@@ -11,6 +11,10 @@ only then runs ``pip install`` (dependencies come from the instance's package in
   up stale modules from a ``build/`` folder, or leave one behind). Without build isolation,
   and so offline, when the interpreter already has the build requirements of
   ``pyproject.toml``; with pip's isolated build otherwise (it fetches them from the index).
+- **Cache** (:func:`cached_wheel`): a wheel is not byte-reproducible (zip timestamps), so
+  ``instances up`` keeps the one it built under ``$COMFYFLEET_HOME/wheels/<source digest>/``
+  and builds again only when a source file changed. The same code is then the same object
+  in the store, uploaded once.
 - **Key**: ``wheels/<sha256>/<filename>``. Content-addressed, so an upload never replaces the
   bytes an earlier fleet's URL points at (its instances would fail the sha256 check on a
   reboot), the same wheel is uploaded once, and the last segment is the wheel's own file
@@ -35,7 +39,9 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from comfyfleet.config import env_or
 from comfyfleet.errors import ConfigError, FleetError
+from comfyfleet.files import write_atomic
 from comfyfleet.store.base import SHA256_METADATA_KEY, ObjectStore
 
 WHEELS_PREFIX = "wheels"
@@ -152,6 +158,36 @@ def build_wheel(out_dir: Path, root: Path | None = None, *, timeout_s: float = 6
     if not built:
         raise FleetError(f"pip built no comfyfleet wheel into {out_dir}")
     return built[-1]
+
+
+def source_digest(root: Path) -> str:
+    """sha256 over the build inputs (paths and bytes of what :func:`_copy_sources` takes)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="comfyfleet-src-") as scratch:
+        copy = Path(scratch)
+        _copy_sources(root, copy)
+        for path in sorted(p for p in copy.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(copy).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def wheel_cache_dir() -> Path:
+    return Path(env_or("COMFYFLEET_HOME", "~/.comfyfleet")).expanduser() / "wheels"
+
+
+def cached_wheel(root: Path | None = None, cache_dir: Path | None = None) -> Path:
+    """This checkout's wheel, built only when its sources changed since the last build."""
+    root = root or project_root()
+    slot = (cache_dir or wheel_cache_dir()) / source_digest(root)[:32]
+    found = sorted(slot.glob("comfyfleet-*.whl"))
+    if found:
+        return found[-1]
+    with tempfile.TemporaryDirectory(prefix="comfyfleet-wheelhouse-") as out:
+        built = build_wheel(Path(out), root)
+        slot.mkdir(parents=True, exist_ok=True)
+        write_atomic(slot / built.name, built.read_bytes())
+    return slot / built.name
 
 
 def sha256_of(path: Path) -> str:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from comfyfleet.errors import ConfigError, FleetError
+from comfyfleet.fleet import wheel as wheel_module
 from comfyfleet.fleet.wheel import (
     WHEEL_NAME_ENV,
     WHEEL_SHA256_ENV,
@@ -21,9 +22,11 @@ from comfyfleet.fleet.wheel import (
     _copy_sources,
     build_requirements_met,
     build_wheel,
+    cached_wheel,
     project_root,
     publish_wheel,
     sha256_of,
+    source_digest,
     wheel_env,
 )
 
@@ -31,10 +34,11 @@ BUILD_SECONDS: list[float] = []
 
 
 @pytest.fixture(scope="session")
-def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This checkout's wheel, built once per session."""
+def built_wheel() -> Path:
+    """This checkout's wheel, built once per session (in the session's COMFYFLEET_HOME
+    cache, which ``instances up`` in other tests reuses)."""
     started = time.monotonic()
-    wheel = build_wheel(tmp_path_factory.mktemp("wheelhouse"))
+    wheel = cached_wheel()
     BUILD_SECONDS.append(time.monotonic() - started)
     return wheel
 
@@ -198,3 +202,22 @@ def test_a_failing_build_is_one_line_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="building the comfyfleet wheel failed") as failed2:
         build_wheel(tmp_path / "out2", good_toml_bad_project)
     assert "pip wheel --no-deps" in (failed2.value.hint or "")
+
+
+def test_the_cache_builds_again_only_when_a_source_changed(
+    built_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_build(*_a: object, **_k: object) -> Path:
+        raise AssertionError("built again although nothing changed")
+
+    monkeypatch.setattr(wheel_module, "build_wheel", no_build)
+    assert cached_wheel() == built_wheel
+    root = _project(
+        tmp_path, '[tool.setuptools.packages.find]\ninclude = ["pkg*"]\n', {"pkg/a.py": "x = 1"}
+    )
+    before = source_digest(root)
+    (root / "tests").mkdir()
+    (root / "tests" / "t.py").write_text("not a build input")
+    assert source_digest(root) == before
+    (root / "pkg" / "a.py").write_text("x = 2")
+    assert source_digest(root) != before
