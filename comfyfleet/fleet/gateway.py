@@ -25,9 +25,11 @@ What it does:
 - **Auth**: ``Authorization: Bearer <token>``, compared in constant time
   (:func:`hmac.compare_digest`), on HTTP and on the ``/ws`` upgrade alike. A browser, which
   cannot set headers on a WebSocket, may put ``?token=<token>`` in the URL instead: the
-  gateway strips it before forwarding and never logs it. A request without the token, or with
-  a wrong one, gets ``401`` with a JSON body and nothing reaches ComfyUI (a refused WebSocket
-  upgrade gets the same ``401`` answer instead of ``101``).
+  gateway strips it before forwarding, never logs it, and answers with an ``HttpOnly;
+  SameSite=Strict`` cookie so the ComfyUI page's own API and ``/ws`` calls authenticate too
+  (the cookie is taken off the ``Cookie`` header before forwarding). A request without the
+  token, or with a wrong one, gets ``401`` with a JSON body and nothing reaches ComfyUI (a
+  refused WebSocket upgrade gets the same ``401`` answer instead of ``101``).
 - **``/healthz``** answers ``ok`` without auth and says nothing else (no upstream address,
   no ComfyUI state), so a load balancer or ``instances ls`` can probe the port.
 - **HTTP**: every method and path goes to the upstream as it came, minus hop-by-hop
@@ -77,6 +79,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 TOKEN_QUERY = "token"
+COOKIE = "comfyfleet_gateway"
 HEALTH_PATH = "/healthz"
 # Shorter tokens are guessable; ``secrets.token_urlsafe(32)`` (what ``instances up`` makes)
 # is 43 characters.
@@ -109,6 +112,11 @@ def _headers(scope: Scope) -> dict[str, str]:
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
+
+
+def _cookies(headers: dict[str, str]) -> dict[str, str]:
+    pairs = (c.strip().partition("=") for c in headers.get("cookie", "").split(";"))
+    return {name: value for name, _, value in pairs if name}
 
 
 def split_token(query_string: bytes) -> tuple[str, str | None]:
@@ -225,15 +233,30 @@ class Gateway:
         return self._http
 
     def authorized(self, headers: dict[str, str], query_token: str | None) -> bool:
-        """True when the request carries the token (bearer header, else ``?token=``)."""
+        """True when the request carries the token: the bearer header if there is one, else
+        ``?token=``, else the gateway's cookie."""
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        presented = credentials.strip() if scheme.lower() == "bearer" else query_token
+        if scheme:
+            presented = credentials.strip() if scheme.lower() == "bearer" else None
+        else:
+            presented = query_token or _cookies(headers).get(COOKIE)
         if not presented:
             return False
         return hmac.compare_digest(presented.encode(), self._token)
 
+    def _cookie_header(self) -> tuple[bytes, bytes]:
+        """Set after a good ``?token=``: the page ComfyUI serves then calls the API and the
+        WebSocket without the token in its URLs (SameSite=Strict: no other site's page can
+        make the browser send it)."""
+        value = f"{COOKIE}={self._token.decode()}; HttpOnly; SameSite=Strict; Path=/"
+        return b"set-cookie", value.encode()
+
     def _forward_headers(self, headers: dict[str, str], *, websocket: bool) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
+        if "cookie" in out:  # ComfyUI gets the browser's other cookies, never ours
+            kept = [c for c in out.pop("cookie").split(";") if c.split("=")[0].strip() != COOKIE]
+            if any(c.strip() for c in kept):
+                out["cookie"] = ";".join(kept).strip()
         if websocket:
             out = {k: v for k, v in out.items() if not k.startswith("sec-websocket-")}
             out.pop("user-agent", None)  # set through connect()'s own parameter
@@ -272,12 +295,20 @@ class Gateway:
             if not self.authorized(headers, query_token):
                 await _answer(send, *_UNAUTHORIZED, extra=[(b"www-authenticate", b"Bearer")])
                 return
-            status = await self._proxy_http(scope, receive, send, headers, target)
+            via_query = query_token is not None and "authorization" not in headers
+            extra = [self._cookie_header()] if via_query else []
+            status = await self._proxy_http(scope, receive, send, headers, target, extra)
         finally:
             _access(scope, method, target, status, started)
 
     async def _proxy_http(
-        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], target: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        target: str,
+        extra: list[tuple[bytes, bytes]],
     ) -> int:
         """Relay one request; the status the client got."""
         has_body = "content-length" in headers or "transfer-encoding" in headers
@@ -301,9 +332,12 @@ class Gateway:
                     "type": "http.response.start",
                     "status": response.status_code,
                     "headers": [
-                        (name, value)
-                        for name, value in response.headers.raw
-                        if name.decode("latin-1").lower() not in _HOP
+                        *(
+                            (name, value)
+                            for name, value in response.headers.raw
+                            if name.decode("latin-1").lower() not in _HOP
+                        ),
+                        *extra,
                     ],
                 }
             )

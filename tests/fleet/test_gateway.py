@@ -254,7 +254,11 @@ def test_token_and_hop_by_hop_headers_are_not_forwarded(
         with RunningGateway(f"http://127.0.0.1:{upstream.server_address[1]}") as gw:
             response = HTTP.get(
                 f"{gw.url}/view?filename=a%20b.png&token={TOKEN}&type=output",
-                headers={"Proxy-Authorization": "x", "X-Custom": "kept"},
+                headers={
+                    "Proxy-Authorization": "x",
+                    "X-Custom": "kept",
+                    "Cookie": f"a=1; comfyfleet_gateway={TOKEN}; b=2",
+                },
             )
             HTTP.get(f"{gw.url}/object_info", headers=AUTH)
     finally:
@@ -263,7 +267,7 @@ def test_token_and_hop_by_hop_headers_are_not_forwarded(
     assert response.status_code == 200 and response.headers["x-upstream"] == "yes"
     (path, headers), (path2, headers2) = _Recorder.seen
     assert path == "/view?filename=a%20b.png&type=output"  # token gone, the rest byte-exact
-    assert headers["x-custom"] == "kept"
+    assert headers["x-custom"] == "kept" and headers["cookie"] == "a=1; b=2"
     assert "proxy-authorization" not in headers and "authorization" not in headers
     assert path2 == "/object_info" and "authorization" not in headers2
     assert "/view?filename=a%20b.png&type=output -> 200" in logs.text
@@ -361,3 +365,24 @@ def test_cli_serves_with_the_env_token_and_never_prints_it(fake: FakeComfyUI) ->
         out, err = proc.communicate(timeout=20)
     assert TOKEN not in first + out + err
     assert "GET /queue -> 200" in err and "GET /queue -> 401" in err
+
+
+def test_a_browser_opens_with_token_in_the_url_and_goes_on_with_the_cookie(
+    gw: RunningGateway, fake: FakeComfyUI
+) -> None:
+    browser = httpx.Client(timeout=10)
+    first = browser.get(f"{gw.url}/queue?token={TOKEN}")
+    assert first.status_code == 200
+    cookie = first.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    then = browser.get(gw.url + "/queue", headers={"Cookie": f"theme=dark; {cookie.split(';')[0]}"})
+    assert then.status_code == 200  # the page's own API calls carry no token in the URL
+    with connect(
+        f"{gw.ws_url}/ws?clientId=page",
+        additional_headers={"Cookie": cookie.split(";")[0]},
+        open_timeout=5,
+    ) as ws:
+        assert json.loads(ws.recv(timeout=5))["data"]["sid"] == "page"
+    wrong = browser.get(gw.url + "/queue", headers={"Cookie": "comfyfleet_gateway=nope"})
+    assert wrong.status_code == 401
+    assert "set-cookie" not in HTTP.get(gw.url + "/queue", headers=AUTH).headers
