@@ -72,6 +72,7 @@ def test_offers_table_and_json(shop: FakeVast, capsys: pytest.CaptureFixture[str
 def test_up_ls_down_a_fleet(
     shop: FakeVast, mirror: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    shop.provision_s = 600  # still provisioning when listed, however slow the wheel upload
     code, out, err = run(["instances", "up", "--fleet", "night", "--count", "2", "--profile",
                           "image", "--store", mirror, "--json"], capsys)  # fmt: skip
     assert code == 0, err
