@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from comfyfleet.cli.common import positive_float
 from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
 
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--read-timeout",
-        type=float,
+        type=positive_float,
         default=600.0,
         metavar="S",
         help="longest silence allowed from ComfyUI within one answer (default 600)",
