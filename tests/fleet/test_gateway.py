@@ -386,3 +386,16 @@ def test_a_browser_opens_with_token_in_the_url_and_goes_on_with_the_cookie(
     wrong = browser.get(gw.url + "/queue", headers={"Cookie": "comfyfleet_gateway=nope"})
     assert wrong.status_code == 401
     assert "set-cookie" not in HTTP.get(gw.url + "/queue", headers=AUTH).headers
+
+
+def test_small_answers_do_not_wait_for_delayed_acks(gw: RunningGateway) -> None:
+    """Regression: the listening socket was made with proto 0, so asyncio left Nagle on
+    and each answer (headers, then body) took ~40 ms: p50 44 ms for /healthz."""
+    client = httpx.Client(timeout=10)
+    client.get(gw.url + "/healthz")  # connect once
+    times = []
+    for _ in range(21):
+        started = time.perf_counter()
+        client.get(gw.url + "/queue", headers=AUTH)
+        times.append(time.perf_counter() - started)
+    assert sorted(times)[10] < 0.02, f"median {sorted(times)[10] * 1000:.1f} ms"
