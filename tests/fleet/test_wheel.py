@@ -221,3 +221,13 @@ def test_the_cache_builds_again_only_when_a_source_changed(
     assert source_digest(root) == before
     (root / "pkg" / "a.py").write_text("x = 2")
     assert source_digest(root) != before
+
+
+def test_an_installed_comfyfleet_asks_for_a_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = tmp_path / "site-packages" / "comfyfleet" / "fleet" / "wheel.py"
+    monkeypatch.setattr(wheel_module, "__file__", str(installed))
+    with pytest.raises(ConfigError, match="not a source checkout") as refused:
+        cached_wheel()
+    assert "--wheel PATH" in (refused.value.hint or "")
