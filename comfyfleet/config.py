@@ -53,6 +53,22 @@ _VARS: tuple[EnvVar, ...] = (
     # fleet (vast.ai)
     EnvVar("VAST_API_KEY", "vast.ai API key (comfyfleet instances, fleet-reaper)", secret=True),
     EnvVar("VAST_URL", "vast.ai server (default https://console.vast.ai), as the vastai CLI"),
+    EnvVar(
+        "COMFYFLEET_GATEWAY_TOKEN",
+        "bearer token of `comfyfleet gateway`, the authenticated door to an instance's ComfyUI",
+        secret=True,
+    ),
+    EnvVar(
+        "COMFYFLEET_GATEWAY_LISTEN",
+        "on an instance: HOST:PORT its gateway listens on (set by `instances up`)",
+    ),
+    EnvVar(
+        "COMFYFLEET_WHEEL_URL",
+        "on an instance: presigned URL of the comfyfleet wheel to install (set by `instances up`)",
+        secret=True,
+    ),
+    EnvVar("COMFYFLEET_WHEEL_SHA256", "on an instance: sha256 the downloaded wheel must have"),
+    EnvVar("COMFYFLEET_WHEEL_NAME", "on an instance: the wheel's file name (pip needs it)"),
     # Prefect (read only to name the server in error messages)
     EnvVar("PREFECT_API_URL", "the Prefect server blocks are loaded from"),
 )

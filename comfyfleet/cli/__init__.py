@@ -19,6 +19,7 @@ from comfyfleet.errors import ComfyfleetError, ConfigError
 def build_parser() -> argparse.ArgumentParser:
     from comfyfleet.cli import (
         catalog_cmd,
+        gateway_cmd,
         generate_cmd,
         instances_cmd,
         lora_cmd,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         warmup_cmd,
         render_cmd,
         instances_cmd,
+        gateway_cmd,
     ):
         module.register(sub)
     return parser

@@ -2,14 +2,18 @@
 
 A thin front over :mod:`comfyfleet.fleet`. The key comes from ``--vast-block NAME`` (a saved
 ``comfyfleet-vast`` block) or ``$VAST_API_KEY``; the server from the block or ``$VAST_URL``.
+``up`` puts this checkout's wheel (or ``--wheel``) into the store for the instances; the
+fleet's gateway token goes into the instances' environment and is printed nowhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -31,6 +35,13 @@ from comfyfleet.fleet.reaper import idle_seconds
 from comfyfleet.fleet.release import release
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, rent_fleet
 from comfyfleet.fleet.vast import Instance, Offer, VastClient
+from comfyfleet.fleet.wheel import (
+    DEFAULT_URL_HOURS,
+    PublishedWheel,
+    cached_wheel,
+    publish_wheel,
+)
+from comfyfleet.store import ObjectStore, open_store
 
 # The clock the cost and idle columns use (tests point it at the test server's clock).
 clock: Callable[[], float] = time.time
@@ -101,6 +112,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--store-block",
         metavar="NAME",
         help="a saved comfyfleet-store block: its bucket and credentials go to the instances",
+    )
+    p.add_argument(
+        "--wheel",
+        type=Path,
+        metavar="PATH",
+        help="the comfyfleet wheel the instances install (default: build this checkout's, "
+        "cached until a source file changes); uploaded into the store",
+    )
+    p.add_argument(
+        "--wheel-hours",
+        type=positive_float,
+        default=DEFAULT_URL_HOURS,
+        metavar="H",
+        help=f"how long the instances may download the wheel (default {DEFAULT_URL_HOURS:g})",
     )
     _vast_option(p)
     add_json_option(p)
@@ -182,9 +207,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_block_env(name: str) -> tuple[str, dict[str, str]]:
-    """The store URI and the ``AWS_*`` variables of a saved ``comfyfleet-store`` block, as
-    the on-start script reads them (secrets stay out of every output)."""
+def _store_block_env(name: str) -> tuple[str, dict[str, str], ObjectStore]:
+    """The store URI, the ``AWS_*`` variables of a saved ``comfyfleet-store`` block, as
+    the on-start script reads them (secrets stay out of every output), and the store."""
     from blocks import ComfyfleetStore, load
 
     block = load(ComfyfleetStore, name)
@@ -205,7 +230,7 @@ def _store_block_env(name: str) -> tuple[str, dict[str, str]]:
         "AWS_ENDPOINT_URL": block.endpoint_url,
         "AWS_DEFAULT_REGION": block.region,
     }
-    return block.uri, {k: v for k, v in values.items() if v}
+    return block.uri, {k: v for k, v in values.items() if v}, block.open()
 
 
 def _warn_if_unreachable(prefect_api_url: str | None) -> None:
@@ -222,8 +247,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     fleet_label(args.fleet)  # a bad name fails before any call
     store: str = args.store or env("COMFYFLEET_STORE") or ""
     store_env: dict[str, str] = {}
+    opened: ObjectStore | None = None
     if args.store_block:
-        store, store_env = _store_block_env(args.store_block)
+        store, store_env, opened = _store_block_env(args.store_block)
     request = RentRequest(
         fleet=args.fleet,
         count=args.count,
@@ -235,6 +261,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         extra_env=store_env,
     )
     _warn_if_unreachable(request.prefect_api_url)
+    if urlsplit(store).scheme == "s3":  # otherwise rent_fleet refuses (or the image is baked)
+        request = dataclasses.replace(request, wheel=_publish_wheel(args, opened or store))
     with _client(args) as client:
         report = rent_fleet(client, request, on_event=lambda line: print(line, file=sys.stderr))
     if args.json:
@@ -247,6 +275,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 ],
                 "offers_gone": report.gone,
                 "dph_total": round(report.dph_total, 6),
+                "gateway_port": request.gateway_port,
+                "wheel": None
+                if request.wheel is None
+                else {
+                    "filename": request.wheel.filename,
+                    "sha256": request.wheel.sha256,
+                    "key": request.wheel.key,
+                },
             }
         )
         return 0
@@ -256,7 +292,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"${report.dph_total:.3f}/h in all; they boot and warm up on their own"
     )
     print(f"watch: comfyfleet instances ls --fleet {report.fleet}")
+    print(
+        f"each ComfyUI is reached through its gateway (port {request.gateway_port}, header "
+        "'Authorization: Bearer <fleet token>'); the token stays in the instances' env"
+    )
     return 0
+
+
+def _publish_wheel(args: argparse.Namespace, store: ObjectStore | str) -> PublishedWheel:
+    """The wheel the instances install, in the store (its URL never printed)."""
+    wheel = args.wheel or cached_wheel()
+    opened = open_store(store) if isinstance(store, str) else store
+    published = publish_wheel(opened, wheel, expires_s=int(args.wheel_hours * 3600))
+    print(
+        f"comfyfleet wheel {published.filename} (sha256 {published.sha256[:12]}) is in the "
+        f"store; the instances may fetch it for {args.wheel_hours:g} h",
+        file=sys.stderr,
+    )
+    return published
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

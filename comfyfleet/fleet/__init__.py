@@ -9,6 +9,12 @@
 - :mod:`comfyfleet.fleet.release`: destroy many, with the outcome of each.
 - :mod:`comfyfleet.fleet.reaper`: which instances of a fleet to destroy (failed, stuck,
   idle, old) and one reaper pass.
+- :mod:`comfyfleet.fleet.access`: the gateway port, the fleet's token (kept in the
+  instances' own env) and the endpoints (URL + bearer token) of a fleet's ComfyUIs.
+- :mod:`comfyfleet.fleet.wheel`: this checkout's wheel, uploaded into the store under its
+  sha256, and the presigned URL + sha256 the on-start script installs it from.
+- :mod:`comfyfleet.fleet.gateway`: the token-checking reverse proxy that is the only public
+  door to an instance's ComfyUI (``comfyfleet gateway``).
 
 Fleet membership is the label ``comfyfleet:<fleet>`` (:mod:`comfyfleet.fleet.labels`). No
 module here imports Prefect: ``flows/fleet.py`` and ``comfyfleet/cli/instances_cmd.py`` are

@@ -1,14 +1,15 @@
 """One row per instance for ``instances ls`` and the reaper's report: status, $/h, uptime,
-cost so far and the ComfyUI endpoint once the instance runs."""
+cost so far and the ComfyUI endpoint (its gateway's URL) once the instance runs. The
+gateway token is never part of a row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from comfyfleet.fleet.access import GATEWAY_PORT
 from comfyfleet.fleet.cost import InstanceCost
 from comfyfleet.fleet.labels import fleet_of
-from comfyfleet.fleet.rent import COMFY_PORT
 from comfyfleet.fleet.vast import Instance
 
 
@@ -25,7 +26,7 @@ class InstanceRow:
     endpoint: str | None
 
     @classmethod
-    def of(cls, instance: Instance, now: float, comfy_port: int = COMFY_PORT) -> InstanceRow:
+    def of(cls, instance: Instance, now: float, port: int = GATEWAY_PORT) -> InstanceRow:
         cost = InstanceCost.of(instance, now)
         return cls(
             id=instance.id,
@@ -36,7 +37,7 @@ class InstanceRow:
             dph_total=instance.dph_total,
             uptime_s=cost.uptime_s,
             cost_usd=cost.cost_usd,
-            endpoint=instance.endpoint(comfy_port),
+            endpoint=instance.endpoint(port),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -15,8 +15,15 @@ What one rent does:
    instance whose rent answered with an error after all (a 5xx that rented anyway).
    Instances it could not destroy are named in the error, with the command that does it.
 
-The environment holds no vast.ai key. It may hold store credentials (``extra_env``): they
-go to vast.ai in the rent call only, and never into a report, a ``repr`` or a log line.
+The environment (:func:`instance_env`) also carries what the instance side needs to be
+reachable and to install comfyfleet: the fleet's gateway token and listen address, with the
+gateway's port as the one published port (:mod:`comfyfleet.fleet.access`: ComfyUI itself is
+never published), and, when given, the wheel's presigned URL and sha256
+(:mod:`comfyfleet.fleet.wheel`).
+
+The environment holds no vast.ai key. It may hold store credentials (``extra_env``), the
+gateway token and the wheel URL: they go to vast.ai in the rent call only, and never into a
+report, a ``repr`` or a log line.
 """
 
 from __future__ import annotations
@@ -30,26 +37,54 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from comfyfleet.errors import ComfyfleetError, ConfigError, FleetError, OfferGone
+from comfyfleet.fleet.access import (
+    GATEWAY_LISTEN_ENV,
+    GATEWAY_PORT,
+    GATEWAY_TOKEN_ENV,
+    fleet_token,
+    gateway_env,
+    new_token,
+)
 from comfyfleet.fleet.labels import fleet_label
 from comfyfleet.fleet.offers import OfferQuery, find_offers
 from comfyfleet.fleet.vast import Offer, VastClient
+from comfyfleet.fleet.wheel import (
+    WHEEL_NAME_ENV,
+    WHEEL_SHA256_ENV,
+    WHEEL_URL_ENV,
+    PublishedWheel,
+    wheel_env,
+)
 from comfyfleet.render.assets import DEFAULT_BASE_IMAGE, OnstartSettings, render_onstart
 
 DEFAULT_IMAGE = DEFAULT_BASE_IMAGE
 DEFAULT_DISK_GB = 80.0
-# The container port the instance serves ComfyUI's API on (requested as ``-p 8188:8188``).
+# ComfyUI's own port on the instance: loopback only, behind the gateway (never published).
 COMFY_PORT = 8188
 # vast.ai's onstart limit: the spec says 4048 characters, the CLI docs 16 KB (§7); the
 # smaller one is the one that is safe.
 ONSTART_LIMIT = 4048
 FLEET_ENV = "COMFYFLEET_FLEET"
 RENT_ID_ENV = "COMFYFLEET_RENT_ID"
-_RESERVED_ENV = (FLEET_ENV, RENT_ID_ENV)
+_RESERVED_ENV = (
+    FLEET_ENV,
+    RENT_ID_ENV,
+    GATEWAY_TOKEN_ENV,
+    GATEWAY_LISTEN_ENV,
+    WHEEL_URL_ENV,
+    WHEEL_SHA256_ENV,
+    WHEEL_NAME_ENV,
+)
 
 
 @dataclass(frozen=True)
 class RentRequest:
-    """What ``instances up`` asks for. ``extra_env`` may hold secrets (never shown)."""
+    """What ``instances up`` asks for. ``extra_env`` may hold secrets (never shown).
+
+    ``gateway_token``: the fleet's token; empty = the one the fleet's instances carry, or a
+    new one for a new fleet. ``wheel``: the comfyfleet wheel the instances install (None:
+    the image brings comfyfleet itself).
+    """
 
     fleet: str
     count: int
@@ -60,6 +95,9 @@ class RentRequest:
     prefect_api_url: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     onstart: OnstartSettings | None = None
+    gateway_token: str = field(default="", repr=False)
+    gateway_port: int = GATEWAY_PORT
+    wheel: PublishedWheel | None = None
 
 
 @dataclass(frozen=True)
@@ -125,9 +163,9 @@ def check_store(request: RentRequest, settings: OnstartSettings) -> None:
         )
 
 
-def instance_env(request: RentRequest, rent_id: str) -> dict[str, str]:
-    """The create call's ``env``: what the on-start script reads, the fleet's marks, and
-    the ComfyUI port request."""
+def instance_env(request: RentRequest, rent_id: str, token: str = "") -> dict[str, str]:
+    """The create call's ``env``: what the on-start script reads, the fleet's marks, the
+    gateway (token, listen address, port request) and the wheel's URL + sha256."""
     clash = [k for k in request.extra_env if k in _RESERVED_ENV]
     if clash:
         raise ConfigError(
@@ -143,7 +181,9 @@ def instance_env(request: RentRequest, rent_id: str) -> dict[str, str]:
     if request.prefect_api_url:
         env["PREFECT_API_URL"] = request.prefect_api_url
     env.update(request.extra_env)
-    env[f"-p {COMFY_PORT}:{COMFY_PORT}"] = "1"
+    if request.wheel is not None:
+        env.update(wheel_env(request.wheel))
+    env.update(gateway_env(token or request.gateway_token or new_token(), request.gateway_port))
     return env
 
 
@@ -170,7 +210,9 @@ def rent_fleet(
             "(`comfyfleet instances offers` shows what is there)",
         )
     report = RentReport(fleet=request.fleet, label=label, rent_id=uuid.uuid4().hex[:16])
-    env = instance_env(request, report.rent_id)
+    # One token per fleet: a second `up` to a fleet joins it with the token it has.
+    token = request.gateway_token or fleet_token(client.list_instances(label=label)) or ""
+    env = instance_env(request, report.rent_id, token or new_token())
     try:
         for offer in offers:
             if len(report.rented) == request.count:

@@ -1,6 +1,6 @@
-"""Fixtures for the source doubles, shared by every test area: the Hugging Face and CivitAI
-test servers, wired in through ``HF_ENDPOINT`` and ``CIVITAI_BASE_URL`` (read by comfyfleet
-at call time)."""
+"""Fixtures for the remote-service doubles, shared by every test area: the Hugging Face,
+CivitAI and vast.ai test servers, wired in through ``HF_ENDPOINT``, ``CIVITAI_BASE_URL`` and
+``VAST_URL`` + ``VAST_API_KEY`` (read by comfyfleet at call time)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from tests.doubles.civitai import FakeCivitai
 from tests.doubles.hf_hub import FakeHub
+from tests.doubles.vast import TEST_KEY, FakeVast
 
 
 @pytest.fixture
@@ -23,4 +24,12 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 def civitai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCivitai]:
     with FakeCivitai() as fake:
         monkeypatch.setenv("CIVITAI_BASE_URL", fake.base_url)
+        yield fake
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    with FakeVast() as fake:
+        monkeypatch.setenv("VAST_URL", fake.url)
+        monkeypatch.setenv("VAST_API_KEY", TEST_KEY)
         yield fake

@@ -1,32 +1,55 @@
 """``comfyfleet instances offers|up|ls|down`` in-process against the vast.ai test server:
 tables and ``--json``, exit codes 0/1/2, ``error:``/``hint:`` lines, and the key never
-printed."""
+printed. ``up`` puts this checkout's wheel into a real SeaweedFS bucket (built once per
+session, cached under the session's COMFYFLEET_HOME); the gateway token and the wheel URL
+go to the instances and are never printed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any
 
+import httpx
 import pytest
 
 from comfyfleet.cli import instances_cmd, main
+from comfyfleet.fleet.access import GATEWAY_PORT
 from tests.doubles.vast import TEST_KEY, FakeVast
+from tests.support.seaweed import new_bucket
+
+SECRET_ENV = ("COMFYFLEET_GATEWAY_TOKEN", "COMFYFLEET_WHEEL_URL")
+SHOWN: list[str] = []  # every secret handed to an instance so far
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(argv)
     out, err = capsys.readouterr()
     assert TEST_KEY not in out + err
+    assert not [secret for secret in SHOWN if secret in out + err]
     return code, out, err
 
 
 @pytest.fixture
-def shop(vast: FakeVast, monkeypatch: pytest.MonkeyPatch) -> FakeVast:
+def mirror(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real bucket as the fleet's store, the operator's AWS_* pointing at it."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{new_bucket(s3_server)}/mirror"
+    monkeypatch.setenv("COMFYFLEET_STORE", uri)
+    return uri
+
+
+@pytest.fixture
+def shop(vast: FakeVast, mirror: str, monkeypatch: pytest.MonkeyPatch) -> FakeVast:
     vast.add_offer(gpu_name="RTX 4090", gpu_ram=24564, dph_base=0.38, inet_down=2380.5)
     vast.add_offer(gpu_name="A100 SXM4", gpu_ram=81920, dph_base=1.10, reliability=0.999)
     vast.add_offer(gpu_name="RTX 3090", gpu_ram=24576, dph_base=0.22, reliability=0.97)
     vast.add_offer(gpu_name="RTX 3060", gpu_ram=12288, dph_base=0.05)
     monkeypatch.setattr(instances_cmd, "clock", vast.now)
-    monkeypatch.setenv("COMFYFLEET_STORE", "s3://models/mirror")
+    vast.on_create = lambda record: SHOWN.extend(
+        record.env[k] for k in SECRET_ENV if k in record.env
+    )
     return vast
 
 
@@ -46,14 +69,29 @@ def test_offers_table_and_json(shop: FakeVast, capsys: pytest.CaptureFixture[str
     assert only["dph_per_vram_gb"] == pytest.approx(only["dph_total"] / 24.564, rel=1e-4)
 
 
-def test_up_ls_down_a_fleet(shop: FakeVast, capsys: pytest.CaptureFixture[str]) -> None:
+def test_up_ls_down_a_fleet(
+    shop: FakeVast, mirror: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop.provision_s = 600  # still provisioning when listed, however slow the wheel upload
     code, out, err = run(["instances", "up", "--fleet", "night", "--count", "2", "--profile",
-                          "image", "--store", "s3://models/m", "--json"], capsys)  # fmt: skip
+                          "image", "--store", mirror, "--json"], capsys)  # fmt: skip
     assert code == 0, err
     up = json.loads(out)
     ids = [i["id"] for i in up["instances"]]
     assert up["label"] == "comfyfleet:night" and len(ids) == 2
     assert err.count("rented instance") == 2
+    assert up["gateway_port"] == GATEWAY_PORT and "url" not in up["wheel"]
+    assert up["wheel"]["key"] == f"wheels/{up['wheel']['sha256']}/{up['wheel']['filename']}"
+    envs = [shop.instances[i].container_env() for i in ids]
+    assert len({e["COMFYFLEET_GATEWAY_TOKEN"] for e in envs}) == 1  # one token per fleet
+    for env in envs:
+        assert env["COMFYFLEET_WHEEL_SHA256"] == up["wheel"]["sha256"]
+        assert env["COMFYFLEET_WHEEL_NAME"] == up["wheel"]["filename"]
+        wheel = httpx.get(env["COMFYFLEET_WHEEL_URL"], timeout=10)  # what the instance does
+        assert hashlib.sha256(wheel.content).hexdigest() == up["wheel"]["sha256"]
+    for i in ids:
+        ports = [k for k in shop.instances[i].body["env"] if k.startswith("-p ")]
+        assert ports == [f"-p {GATEWAY_PORT}:{GATEWAY_PORT}"]  # never ComfyUI's own port
     # Another fleet on the same account is listed but never touched by --fleet night.
     code, _, _ = run(["instances", "up", "--fleet", "day", "--count", "1", "--profile", "image",
                       "--gpu", "RTX 4090", "--max-dph", "0.5"], capsys)  # fmt: skip
@@ -72,7 +110,7 @@ def test_up_ls_down_a_fleet(shop: FakeVast, capsys: pytest.CaptureFixture[str]) 
     for row in listed["instances"]:
         assert row["status"] == "running" and row["uptime_s"] == pytest.approx(7200, abs=5)
         assert row["cost_usd"] == pytest.approx(row["dph_total"] * 2, rel=1e-3)
-        port = shop.instances[row["id"]].host_ports["8188/tcp"]
+        port = shop.instances[row["id"]].host_ports[f"{GATEWAY_PORT}/tcp"]
         assert row["endpoint"] == f"http://127.0.0.1:{port}"
     assert listed["cost_usd"] == pytest.approx(2 * listed["dph_total"], rel=1e-3)
 
@@ -175,4 +213,4 @@ def test_up_warns_when_prefect_is_on_loopback(
     assert code == 0 and "warning: PREFECT_API_URL is http://127.0.0.1:4200/api" in err
     (record,) = shop.instances.values()
     assert record.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
-    assert record.env["COMFYFLEET_STORE"] == "s3://models/mirror"
+    assert record.env["COMFYFLEET_STORE"].startswith("s3://t-")

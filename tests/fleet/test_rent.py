@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 
-from comfyfleet.errors import ConfigError, FleetError
+from comfyfleet.errors import ComfyfleetError, ConfigError, FleetError
+from comfyfleet.fleet.access import GATEWAY_PORT, fleet_endpoints, fleet_token
 from comfyfleet.fleet.offers import OfferQuery
 from comfyfleet.fleet.rent import (
-    COMFY_PORT,
     ONSTART_LIMIT,
     RENT_ID_ENV,
     RentRequest,
@@ -60,7 +60,12 @@ def test_rents_n_cheapest_with_label_script_and_env(vast: FakeVast) -> None:
         assert env["COMFYFLEET_PROFILE"] == "image" and env["COMFYFLEET_FLEET"] == "night"
         assert env["COMFYFLEET_STORE"] == "s3://models/mirror"
         assert env[RENT_ID_ENV] == report.rent_id
-        assert env[f"-p {COMFY_PORT}:{COMFY_PORT}"] == "1"
+        # Only the gateway's port is published; ComfyUI's 8188 stays on loopback.
+        assert env[f"-p {GATEWAY_PORT}:{GATEWAY_PORT}"] == "1"
+        assert [k for k in env if k.startswith("-p ")] == [f"-p {GATEWAY_PORT}:{GATEWAY_PORT}"]
+        assert env["COMFYFLEET_GATEWAY_LISTEN"] == f"0.0.0.0:{GATEWAY_PORT}"
+        assert len(env["COMFYFLEET_GATEWAY_TOKEN"]) >= 43
+        assert "COMFYFLEET_WHEEL_URL" not in env  # no wheel given: the image brings comfyfleet
         assert record.container_env()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
     assert report.dph_total == pytest.approx(sum(r.offer.dph_total for r in report.rented))
     assert len(lines) == 2 and "[2/2]" in lines[-1]
@@ -137,16 +142,64 @@ def test_instances_it_cannot_destroy_are_named_with_the_command(vast: FakeVast) 
     vast.busy_offers.add(max(vast.offers))
     vast.fail(503, times=20, method="DELETE")
     vast.fail(503, times=20, method="GET")
-    with pytest.raises(FleetError) as caught:
-        rent_fleet(client(), request(count=2))
+    with pytest.raises(FleetError) as caught:  # (a token given: no list before renting)
+        rent_fleet(client(), request(count=2, gateway_token="t" * 43))
     (left,) = vast.instances
     assert f"could NOT destroy {left}" in caught.value.message
     assert f"comfyfleet instances down {left}" in (caught.value.hint or "")
 
 
+def test_one_token_per_fleet_never_shown(vast: FakeVast) -> None:
+    offers(vast, 5)
+    first = rent_fleet(client(), request(count=2))
+    tokens = {r.container_env()["COMFYFLEET_GATEWAY_TOKEN"] for r in vast.instances.values()}
+    assert len(tokens) == 1
+    (token,) = tokens
+    joined = rent_fleet(client(), request(count=1))  # a second `up` joins with the same token
+    other = rent_fleet(client(), request(count=1, fleet="day"))
+    night = client().list_instances(label="comfyfleet:night")
+    assert len(night) == 3 and fleet_token(night) == token
+    day_token = fleet_token(client().list_instances(label="comfyfleet:day"))
+    assert day_token and day_token != token
+    for shown in (first, joined, other):
+        assert token not in repr(shown) and day_token not in repr(shown)
+    assert "tok-" not in repr(request(gateway_token="tok-" + "x" * 40))
+    given = request(count=1, fleet="given", gateway_token="g" * 43)
+    rent_fleet(client(), given)
+    assert fleet_token(client().list_instances(label="comfyfleet:given")) == "g" * 43
+
+
+def test_a_fleet_whose_token_cannot_be_read_rents_nothing(vast: FakeVast) -> None:
+    offers(vast, 2)
+    vast.fail(503, times=20, method="GET")
+    with pytest.raises(ComfyfleetError, match="list instances"):
+        rent_fleet(client(), request(count=1))  # a new token could split the fleet's
+    assert vast.instances == {}
+
+
+def test_endpoints_are_the_running_gateways_with_their_token(vast: FakeVast) -> None:
+    offers(vast, 2)
+    report = rent_fleet(client(), request(count=2))
+    listed = client().list_instances(label="comfyfleet:night")
+    assert fleet_endpoints(listed) == []  # provisioning: no endpoint yet
+    for r in report.rented:
+        vast.backdate(r.instance_id, 600)
+    running = client().list_instances(label="comfyfleet:night")
+    endpoints = fleet_endpoints(running)
+    assert [e.instance_id for e in endpoints] == sorted(r.instance_id for r in report.rented)
+    token = fleet_token(running)
+    for e in endpoints:
+        port = vast.instances[e.instance_id].host_ports[f"{GATEWAY_PORT}/tcp"]
+        assert e.url == f"http://127.0.0.1:{port}"
+        assert e.headers == {"Authorization": f"Bearer {token}"}
+        assert token is not None and token not in repr(e)
+
+
 def test_env_refuses_to_override_fleet_marks() -> None:
     with pytest.raises(ConfigError, match="COMFYFLEET_FLEET is set by comfyfleet"):
         instance_env(request(extra_env={"COMFYFLEET_FLEET": "x"}), "r1")
+    with pytest.raises(ConfigError, match="COMFYFLEET_GATEWAY_TOKEN is set by comfyfleet"):
+        instance_env(request(extra_env={"COMFYFLEET_GATEWAY_TOKEN": "x"}), "r1")
     env = instance_env(request(store="", prefect_api_url="http://10.0.0.2:4200/api"), "r1")
     assert "COMFYFLEET_STORE" not in env and env["PREFECT_API_URL"] == "http://10.0.0.2:4200/api"
 

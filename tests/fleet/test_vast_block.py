@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -52,23 +53,32 @@ def test_cli_loads_the_saved_block(
 def test_up_hands_a_store_blocks_bucket_and_credentials_to_the_instances(
     prefect_harness: None,
     vast: FakeVast,
+    s3_server: Any,
+    s3_bucket: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    secret = "store-secret-never-printed"
+    # A real bucket: `up` uploads the instances' wheel into the block's store.
+    secret = s3_server.secret_key
     ComfyfleetStore.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
     name = f"mirror-{uuid.uuid4().hex[:8]}"
-    ComfyfleetStore(bucket="models", prefix="m", endpoint_url="http://10.0.0.5:8333",
-                    access_key_id="AKID", secret_access_key=secret).save(name)  # fmt: skip
+    ComfyfleetStore(bucket=s3_bucket, prefix="m", endpoint_url=s3_server.endpoint_url,
+                    access_key_id=s3_server.access_key, secret_access_key=secret,
+                    region=s3_server.region).save(name)  # fmt: skip
     vast.add_offer()
     assert main(["instances", "up", "--fleet", "s", "--count", "1", "--profile", "image",
                  "--store-block", name, "--json"]) == 0  # fmt: skip
     out, err = capsys.readouterr()
     assert secret not in out + err and TEST_KEY not in out + err
     (record,) = vast.instances.values()
-    assert record.env["COMFYFLEET_STORE"] == "s3://models/m"
+    assert record.env["COMFYFLEET_STORE"] == f"s3://{s3_bucket}/m"
     assert record.env["AWS_SECRET_ACCESS_KEY"] == secret
-    assert record.env["AWS_ACCESS_KEY_ID"] == "AKID"
-    assert record.env["AWS_ENDPOINT_URL"] == "http://10.0.0.5:8333"
+    assert record.env["AWS_ACCESS_KEY_ID"] == s3_server.access_key
+    assert record.env["AWS_ENDPOINT_URL"] == s3_server.endpoint_url
+    sha256 = record.env["COMFYFLEET_WHEEL_SHA256"]
+    key = f"m/wheels/{sha256}/{record.env['COMFYFLEET_WHEEL_NAME']}"
+    assert s3_server.client().head_object(Bucket=s3_bucket, Key=key)["Metadata"] == {
+        "sha256": sha256
+    }
     assert "AWS_SESSION_TOKEN" not in record.env
     local = f"local-{uuid.uuid4().hex[:8]}"
     ComfyfleetStore(path="/tmp/x").save(local)
