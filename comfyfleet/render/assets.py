@@ -104,7 +104,12 @@ COMFY_ROOT_CANDIDATES = (
     "/root/ComfyUI",
     "/comfyui",
 )
-VIA = ("cli", "flow", "worker")
+VIA = ("cli", "flow", "worker", "fleet")
+ONSTART_FLEET_TEMPLATE = "onstart_fleet.sh.tmpl"
+# The fleet script's ports: the gateway on the container port `instances up` publishes
+# (``-p 8188:8188``), ComfyUI behind it on loopback.
+DEFAULT_GATEWAY_PORT = 8188
+DEFAULT_COMFY_PORT = 18188
 
 
 def _q(value: str) -> str:
@@ -137,6 +142,8 @@ class OnstartSettings:
     via: str = "cli"
     work_pool: str = "comfyfleet-gpu"
     fail_on_target: bool = False
+    gateway_port: int = DEFAULT_GATEWAY_PORT  # --via fleet only
+    comfy_port: int = DEFAULT_COMFY_PORT  # --via fleet only
 
 
 def _check_onstart(s: OnstartSettings) -> None:
@@ -146,7 +153,27 @@ def _check_onstart(s: OnstartSettings) -> None:
     if s.verify not in ("fast", "full"):
         raise ConfigError(f"unknown verify {s.verify!r}", hint="use --verify fast or full")
     if s.via not in VIA:
-        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli, flow or worker")
+        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli, flow, worker or fleet")
+    if s.via == "fleet":
+        _check_fleet(s)
+
+
+def _check_fleet(s: OnstartSettings) -> None:
+    """The fleet script starts ComfyUI itself, on loopback, behind the gateway."""
+    if s.start_comfy:
+        raise ConfigError(
+            "--start-comfy does not go with --via fleet: the fleet script starts ComfyUI "
+            "itself, on 127.0.0.1 behind the gateway",
+            hint="leave --start-comfy out (COMFY_ARGS in the instance env adds ComfyUI options)",
+        )
+    for name, port in (("gateway", s.gateway_port), ("comfy", s.comfy_port)):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"--{name}-port {port} is not a TCP port", hint="give 1-65535")
+    if s.gateway_port == s.comfy_port:
+        raise ConfigError(
+            f"--gateway-port and --comfy-port are both {s.comfy_port}",
+            hint="ComfyUI listens behind the gateway: give them different ports",
+        )
 
 
 def onstart_values(s: OnstartSettings) -> dict[str, str]:
@@ -173,10 +200,36 @@ def onstart_values(s: OnstartSettings) -> dict[str, str]:
     }
 
 
+def onstart_fleet_values(s: OnstartSettings) -> dict[str, str]:
+    """The template values of the fleet on-start script, each quoted for bash."""
+    return {
+        "version": __version__,
+        "home": _q(s.home),
+        "profile": _q(s.profile),
+        "mode": _q(s.mode),
+        "verify": _q(s.verify),
+        "store": _q(s.store),
+        "comfy_root": _q(s.comfy_root),
+        "warmup_workflow": _q(s.warmup_workflow),
+        "gateway_port": str(s.gateway_port),
+        "comfy_port": str(s.comfy_port),
+        "catalogs": " ".join(_q(c) for c in s.catalogs),
+        "fail_on_target": "1" if s.fail_on_target else "0",
+        "root_candidates": " ".join(_q(c) for c in COMFY_ROOT_CANDIDATES),
+        "event_finished": _q(events.WARMUP_FINISHED),
+        "event_ready": _q(events.INSTANCE_READY),
+    }
+
+
 def render_onstart(settings: OnstartSettings | None = None) -> str:
-    """The vast.ai on-start script (bash) for ``settings``, from ``templates/onstart.sh.tmpl``."""
+    """The vast.ai on-start script (bash) for ``settings``: ``templates/onstart.sh.tmpl``,
+    or ``templates/onstart_fleet.sh.tmpl`` for ``via="fleet"`` (comfyfleet from the wheel
+    ``instances up`` uploads, ComfyUI on loopback behind the gateway, the ready event).
+    ``package``, ``comfy_url`` and ``work_pool`` do not apply to the fleet script."""
     s = settings or OnstartSettings()
     _check_onstart(s)
+    if s.via == "fleet":
+        return render_template(ONSTART_FLEET_TEMPLATE, onstart_fleet_values(s))
     return render_template(ONSTART_TEMPLATE, onstart_values(s))
 
 
