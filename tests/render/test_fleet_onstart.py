@@ -597,3 +597,73 @@ def test_ready_payload_and_wait_http() -> None:
             onstart_steps.wait_http(server.url("healthz"), 0.2, interval_s=0.05)
     finally:
         server.close()
+
+
+def test_the_wheel_name_comes_from_its_variable_when_given(
+    tmp_path: Path, wheel_server: _WheelServer
+) -> None:
+    """`instances up` also passes COMFYFLEET_WHEEL_NAME: pip needs the wheel's own file
+    name, whatever the URL's path looks like."""
+    sha = hashlib.sha256(wheel_server.body).hexdigest()
+    env, pip_calls = _install_env(tmp_path, wheel_server, sha)
+    env["COMFYFLEET_WHEEL_URL"] = wheel_server.url("blob")
+    env["COMFYFLEET_WHEEL_NAME"] = "comfyfleet-0.2.0-py3-none-any.whl"
+    done = _run(_fleet_script(tmp_path), env)
+    assert done.returncode == 9, done.stderr
+    wheel = tmp_path / "home" / "wheels" / "comfyfleet-0.2.0-py3-none-any.whl"
+    assert pip_calls.read_text().split()[-1] == str(wheel) and wheel.is_file()
+
+
+def test_supervise_restarts_with_backoff_and_gives_up(tmp_path: Path) -> None:
+    from comfyfleet.render.supervise import Backoff, supervise
+
+    runs = tmp_path / "runs"
+    command = [BASH, "-c", f'echo run >>"{runs}"; exit 5']
+    lines: list[str] = []
+    backoff = Backoff(max_restarts=3, first_delay_s=0.05, max_delay_s=0.1, stable_s=30)
+    t0 = time.monotonic()
+    assert supervise(command, name="comfyui", backoff=backoff, log=lines.append) == 1
+    assert len(runs.read_text().splitlines()) == 4  # the first run and 3 restarts
+    assert lines[0].startswith("comfyui exited with code 5 after ")
+    assert [line.rsplit("; ", 1)[1] for line in lines[:3]] == [
+        "restart 1/3 in 0.05 s",
+        "restart 2/3 in 0.1 s",
+        "restart 3/3 in 0.1 s",  # doubled up to max_delay_s
+    ]
+    assert lines[3] == "comfyui exited with code 5; 3 restarts did not hold, giving up"
+    assert time.monotonic() - t0 >= 0.25
+    # A run that lasted stable_s resets the count: never gives up, stopped from outside.
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def log(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 6:
+            stop.set()
+
+    stable = Backoff(max_restarts=1, first_delay_s=0.01, stable_s=0.0)
+    assert supervise(command, name="x", backoff=stable, stop=stop, log=log) == 0
+    assert len(seen) == 6 and all(line.endswith("restart 1/1 in 0.01 s") for line in seen)
+    assert supervise(["/nonexistent/comfy"], name="x", log=seen.append) == 2
+    assert seen[-1] == "x: cannot start /nonexistent/comfy: No such file or directory"
+
+
+def test_supervise_stops_its_command_on_sigterm(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyfleet.render.supervise", "--name", "sleeper", "--",
+         BASH, "-c", f'echo $$ >"{pid_file}"; exec sleep 60'],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    child = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "pid"))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+    done = subprocess.run(
+        [sys.executable, "-m", "comfyfleet.render.supervise", "--name", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "no command given" in done.stderr
