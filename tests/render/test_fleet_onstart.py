@@ -384,7 +384,9 @@ def _stub_venv(home: Path) -> Path:
     return calls
 
 
-def _fleet_env(tmp_path: Path, store: Any, api_url: str) -> dict[str, str]:
+def _fleet_env(tmp_path: Path, store: Any, api_url: str, contract: int) -> dict[str, str]:
+    """The instance environment of vast.ai contract ``contract`` (one per test: the flow
+    runs of the session's Prefect server are looked up by instance id)."""
     write_catalog(
         tmp_path / "catalog.yaml", profiles={"minimal": (8, ["base", "vae"])}, ids=["base", "vae"]
     )
@@ -406,8 +408,8 @@ def _fleet_env(tmp_path: Path, store: Any, api_url: str) -> dict[str, str]:
         "COMFYFLEET_GATEWAY_PORT": str(gateway_port),
         "COMFYFLEET_COMFY_PORT": str(_free_port()),
         "COMFYFLEET_FLEET": "f1",
-        "VAST_CONTAINERLABEL": "C.77",
-        "CONTAINER_ID": "77",
+        "VAST_CONTAINERLABEL": f"C.{contract}",
+        "CONTAINER_ID": str(contract),
         "PUBLIC_IPADDR": "127.0.0.1",
         f"VAST_TCP_PORT_{gateway_port}": str(gateway_port),  # a local process: no NAT
         "PREFECT_API_URL": api_url,
@@ -471,7 +473,7 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
 ) -> None:
     pytest.importorskip("comfyfleet.fleet.gateway", reason="comfyfleet gateway (fleet branch)")
     mirror(local_store, ["base", "vae"])
-    env = _fleet_env(tmp_path, local_store, _api_url())
+    env = _fleet_env(tmp_path, local_store, _api_url(), 77)
     script = _fleet_script(tmp_path, catalogs=(str(tmp_path / "catalog.yaml"),))
     home, root = tmp_path / "home", tmp_path / "ComfyUI"
     calls = _stub_venv(home)
@@ -502,6 +504,7 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
         # The warm-up ran as a flow run on the server, for this instance.
         (run,) = _flow_runs_of("C.77")
         assert run.state is not None and run.state.is_completed()
+        assert run.name == "warmup-C.77"  # the UI names the instance it warmed
         # ComfyUI on loopback only; the gateway wants the token.
         (first,) = _started(root)
         assert first["argv"][:2] == ["--listen", "127.0.0.1"]
@@ -546,10 +549,11 @@ def test_a_failed_fleet_warmup_sends_no_ready_event_and_stops_comfyui(
     prefect_harness: None, tmp_path: Path, local_store: Any
 ) -> None:
     mirror(local_store, ["base"])  # the profile's vae is not in the store: the pull fails
-    env = _fleet_env(tmp_path, local_store, _api_url())
+    env = _fleet_env(tmp_path, local_store, _api_url(), 78)
     script = _fleet_script(tmp_path, catalogs=(str(tmp_path / "catalog.yaml"),))
     home, root = tmp_path / "home", tmp_path / "ComfyUI"
     calls = _stub_venv(home)
+    (home / "ready.json").write_text("{}")  # an earlier boot's: not this one's
     done = _run(script, env, timeout=180)
     assert done.returncode == 1, done.stderr
     assert "warm-up failed: stopping ComfyUI; no ready event" in done.stderr
@@ -557,7 +561,7 @@ def test_a_failed_fleet_warmup_sends_no_ready_event_and_stops_comfyui(
     assert [name for name, _, _ in emitted] == [events.WARMUP_FINISHED]
     assert emitted[0][2]["ok"] is False and emitted[0][2]["exit_code"] == 1
     assert not (home / "ready.json").exists()
-    (run,) = _flow_runs_of("C.77")
+    (run,) = _flow_runs_of("C.78")
     assert run.state is not None and run.state.is_failed()
     assert _closed(f"http://127.0.0.1:{env['COMFYFLEET_COMFY_PORT']}")
     assert _closed(f"http://127.0.0.1:{env['COMFYFLEET_GATEWAY_PORT']}")
