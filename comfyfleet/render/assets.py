@@ -15,6 +15,22 @@ it installs comfyfleet into its own venv, reads the store settings from the envi
 ``comfyfleet warmup --json``, keeps the report and prints one line. Reboots re-run it:
 the venv is reused, files already in place are skipped, and a lock keeps two runs apart.
 
+With ``via="fleet"`` it is ``templates/onstart_fleet.sh.tmpl`` instead, the script
+``comfyfleet instances up`` rents with (kept within vast.ai's onstart limit once packed):
+
+* comfyfleet from the wheel ``instances up`` put in the store (``COMFYFLEET_WHEEL_URL``, a
+  presigned URL whose query is never printed; ``COMFYFLEET_WHEEL_SHA256`` checked before pip
+  sees the file, a mismatch exits 3), never a PyPI name;
+* ComfyUI started on ``127.0.0.1:COMFYFLEET_COMFY_PORT`` only, under
+  :mod:`comfyfleet.render.supervise` (restarted with backoff when it dies);
+* the ``warmup`` flow run in place (``python -m flows.warmup``), reported to
+  ``PREFECT_API_URL``; no work pool is involved, so no other worker can take it;
+* then ``comfyfleet gateway`` on ``0.0.0.0:COMFYFLEET_GATEWAY_PORT`` (token from
+  ``COMFYFLEET_GATEWAY_TOKEN``), the instance's only public door, and the
+  ``comfyfleet.instance.ready`` event with the public endpoint (``PUBLIC_IPADDR`` and
+  ``VAST_TCP_PORT_<gateway port>``). A failed warm-up stops ComfyUI and emits only the
+  finished event.
+
 The Dockerfile (``render_dockerfile``) has three stages:
 
 * ``models``: installs comfyfleet and runs ``comfyfleet bake``, which pulls the profile
