@@ -312,6 +312,11 @@ def test_a_wheel_url_that_fails_says_so_without_its_query(
     assert len(wheel_server.paths) == 1  # a 4xx is not retried
     assert "s3cr3tsig" not in done.stderr + done.stdout and "AKIAX" not in done.stderr
     assert not pip_calls.exists()
+    # user:password@ in a URL is a credential too (urllib refuses the URL): never shown
+    env["COMFYFLEET_WHEEL_URL"] = env["COMFYFLEET_WHEEL_URL"].replace("//", "//u:pw-x@", 1)
+    done = _run(_fleet_script(tmp_path), env)
+    assert done.returncode == 2 and "cannot download the wheel http://127.0.0.1:" in done.stderr
+    assert "pw-x" not in done.stderr + done.stdout and "s3cr3tsig" not in done.stderr
 
 
 @pytest.mark.parametrize(
