@@ -16,7 +16,9 @@ from comfyfleet.files import write_atomic
 from comfyfleet.render.assets import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_BUILD_PYTHON_IMAGE,
+    DEFAULT_COMFY_PORT,
     DEFAULT_COMFY_URL,
+    DEFAULT_GATEWAY_PORT,
     DEFAULT_IMAGE_COMFY_ROOT,
     DEFAULT_IMAGE_PYTHON,
     DEFAULT_PACKAGE,
@@ -103,9 +105,26 @@ def _register_onstart(what: argparse._SubParsersAction[argparse.ArgumentParser])
         help="cli: run `comfyfleet warmup` here (default); flow: run the `warmup` flow here, "
         "recorded by the Prefect server at PREFECT_API_URL; worker: start a Prefect worker "
         f"and emit {events.INSTANCE_STARTED} for the event-triggered `warmup` deployment "
-        "(one instance per work pool)",
+        "(one instance per work pool); fleet: what `instances up` rents with: comfyfleet from "
+        "the wheel at $COMFYFLEET_WHEEL_URL (sha256 checked), ComfyUI on 127.0.0.1 kept "
+        "running, the `warmup` flow run here, the token gateway as the one public port, and "
+        f"{events.INSTANCE_READY} with the endpoint once the warm-up passed",
     )
     o.add_argument("--work-pool", default="comfyfleet-gpu", metavar="NAME")
+    o.add_argument(
+        "--gateway-port",
+        type=int,
+        default=DEFAULT_GATEWAY_PORT,
+        metavar="PORT",
+        help=f"--via fleet: the gateway's container port (default {DEFAULT_GATEWAY_PORT})",
+    )
+    o.add_argument(
+        "--comfy-port",
+        type=int,
+        default=DEFAULT_COMFY_PORT,
+        metavar="PORT",
+        help=f"--via fleet: ComfyUI's port on 127.0.0.1 (default {DEFAULT_COMFY_PORT})",
+    )
     o.add_argument("--fail-on-target", action="store_true")
     o.add_argument("--output", type=Path, metavar="PATH", help="write here instead of stdout")
     add_json_option(o)
@@ -204,6 +223,8 @@ def cmd_onstart(args: argparse.Namespace) -> int:
         via=args.via,
         work_pool=args.work_pool,
         fail_on_target=args.fail_on_target,
+        gateway_port=args.gateway_port,
+        comfy_port=args.comfy_port,
     )
     _emit(args, "onstart", render_onstart(settings), settings, executable=True)
     return 0

@@ -15,6 +15,22 @@ it installs comfyfleet into its own venv, reads the store settings from the envi
 ``comfyfleet warmup --json``, keeps the report and prints one line. Reboots re-run it:
 the venv is reused, files already in place are skipped, and a lock keeps two runs apart.
 
+With ``via="fleet"`` it is ``templates/onstart_fleet.sh.tmpl`` instead, the script
+``comfyfleet instances up`` rents with (kept within vast.ai's onstart limit once packed):
+
+* comfyfleet from the wheel ``instances up`` put in the store (``COMFYFLEET_WHEEL_URL``, a
+  presigned URL whose query is never printed; ``COMFYFLEET_WHEEL_SHA256`` checked before pip
+  sees the file, a mismatch exits 3), never a PyPI name;
+* ComfyUI started on ``127.0.0.1:COMFYFLEET_COMFY_PORT`` only, under
+  :mod:`comfyfleet.render.supervise` (restarted with backoff when it dies);
+* the ``warmup`` flow run in place (``python -m flows.warmup``), reported to
+  ``PREFECT_API_URL``; no work pool is involved, so no other worker can take it;
+* then ``comfyfleet gateway`` on ``0.0.0.0:COMFYFLEET_GATEWAY_PORT`` (token from
+  ``COMFYFLEET_GATEWAY_TOKEN``), the instance's only public door, and the
+  ``comfyfleet.instance.ready`` event with the public endpoint (``PUBLIC_IPADDR`` and
+  ``VAST_TCP_PORT_<gateway port>``). A failed warm-up stops ComfyUI and emits only the
+  finished event.
+
 The Dockerfile (``render_dockerfile``) has three stages:
 
 * ``models``: installs comfyfleet and runs ``comfyfleet bake``, which pulls the profile
@@ -104,7 +120,12 @@ COMFY_ROOT_CANDIDATES = (
     "/root/ComfyUI",
     "/comfyui",
 )
-VIA = ("cli", "flow", "worker")
+VIA = ("cli", "flow", "worker", "fleet")
+ONSTART_FLEET_TEMPLATE = "onstart_fleet.sh.tmpl"
+# The fleet script's ports: the gateway on the container port `instances up` publishes
+# (``-p 8188:8188``), ComfyUI behind it on loopback.
+DEFAULT_GATEWAY_PORT = 8188
+DEFAULT_COMFY_PORT = 18188
 
 
 def _q(value: str) -> str:
@@ -137,6 +158,8 @@ class OnstartSettings:
     via: str = "cli"
     work_pool: str = "comfyfleet-gpu"
     fail_on_target: bool = False
+    gateway_port: int = DEFAULT_GATEWAY_PORT  # --via fleet only
+    comfy_port: int = DEFAULT_COMFY_PORT  # --via fleet only
 
 
 def _check_onstart(s: OnstartSettings) -> None:
@@ -146,7 +169,27 @@ def _check_onstart(s: OnstartSettings) -> None:
     if s.verify not in ("fast", "full"):
         raise ConfigError(f"unknown verify {s.verify!r}", hint="use --verify fast or full")
     if s.via not in VIA:
-        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli, flow or worker")
+        raise ConfigError(f"unknown --via {s.via!r}", hint="use --via cli, flow, worker or fleet")
+    if s.via == "fleet":
+        _check_fleet(s)
+
+
+def _check_fleet(s: OnstartSettings) -> None:
+    """The fleet script starts ComfyUI itself, on loopback, behind the gateway."""
+    if s.start_comfy:
+        raise ConfigError(
+            "--start-comfy does not go with --via fleet: the fleet script starts ComfyUI "
+            "itself, on 127.0.0.1 behind the gateway",
+            hint="leave --start-comfy out (COMFY_ARGS in the instance env adds ComfyUI options)",
+        )
+    for name, port in (("gateway", s.gateway_port), ("comfy", s.comfy_port)):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"--{name}-port {port} is not a TCP port", hint="give 1-65535")
+    if s.gateway_port == s.comfy_port:
+        raise ConfigError(
+            f"--gateway-port and --comfy-port are both {s.comfy_port}",
+            hint="ComfyUI listens behind the gateway: give them different ports",
+        )
 
 
 def onstart_values(s: OnstartSettings) -> dict[str, str]:
@@ -173,10 +216,36 @@ def onstart_values(s: OnstartSettings) -> dict[str, str]:
     }
 
 
+def onstart_fleet_values(s: OnstartSettings) -> dict[str, str]:
+    """The template values of the fleet on-start script, each quoted for bash."""
+    return {
+        "version": __version__,
+        "home": _q(s.home),
+        "profile": _q(s.profile),
+        "mode": _q(s.mode),
+        "verify": _q(s.verify),
+        "store": _q(s.store),
+        "comfy_root": _q(s.comfy_root),
+        "warmup_workflow": _q(s.warmup_workflow),
+        "gateway_port": str(s.gateway_port),
+        "comfy_port": str(s.comfy_port),
+        "catalogs": " ".join(_q(c) for c in s.catalogs),
+        "fail_on_target": "1" if s.fail_on_target else "0",
+        "root_candidates": " ".join(_q(c) for c in COMFY_ROOT_CANDIDATES),
+        "event_finished": _q(events.WARMUP_FINISHED),
+        "event_ready": _q(events.INSTANCE_READY),
+    }
+
+
 def render_onstart(settings: OnstartSettings | None = None) -> str:
-    """The vast.ai on-start script (bash) for ``settings``, from ``templates/onstart.sh.tmpl``."""
+    """The vast.ai on-start script (bash) for ``settings``: ``templates/onstart.sh.tmpl``,
+    or ``templates/onstart_fleet.sh.tmpl`` for ``via="fleet"`` (comfyfleet from the wheel
+    ``instances up`` uploads, ComfyUI on loopback behind the gateway, the ready event).
+    ``package``, ``comfy_url`` and ``work_pool`` do not apply to the fleet script."""
     s = settings or OnstartSettings()
     _check_onstart(s)
+    if s.via == "fleet":
+        return render_template(ONSTART_FLEET_TEMPLATE, onstart_fleet_values(s))
     return render_template(ONSTART_TEMPLATE, onstart_values(s))
 
 

@@ -8,6 +8,9 @@ here, run from the instance's comfyfleet venv::
     python -m comfyfleet.render.onstart_steps resource INSTANCE_ID
     python -m comfyfleet.render.onstart_steps summary REPORT EXIT_CODE
     python -m comfyfleet.render.onstart_steps flows-src
+    python -m comfyfleet.render.onstart_steps ready-payload REPORT ID CONTRACT HOST PORT FLEET \
+        PROFILE
+    python -m comfyfleet.render.onstart_steps wait-http URL TIMEOUT_S
 
 Each prints one line on stdout. The events themselves are sent by ``prefect event emit``
 (the venv's Prefect CLI), so this module stays free of Prefect imports like the rest of the
@@ -19,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.warmup.events import STARTED_PAYLOAD_KEYS, instance_resource
+from comfyfleet.warmup.events import READY_PAYLOAD_KEYS, STARTED_PAYLOAD_KEYS, instance_resource
 
 # Report fields left out of the finished event: the per-file list grows with the profile
 # and would push the payload past what one command-line argument may hold (128 KiB).
@@ -79,6 +85,55 @@ def summary_line(report: dict[str, Any], exit_code: int) -> str:
     return line
 
 
+def ready_payload(
+    report: dict[str, Any],
+    *,
+    instance_id: str,
+    contract_id: str,
+    host: str,
+    port: str,
+    fleet: str,
+    profile: str,
+) -> dict[str, str]:
+    """The ``comfyfleet.instance.ready`` payload (:data:`READY_PAYLOAD_KEYS`): where the
+    gateway answers from outside, and what the warm-up that passed made of this instance
+    (the report's profile wins over ``profile``, which may be ``auto``)."""
+    rec = report.get("record") or {}
+    if "[" not in host and ":" in host:
+        host = f"[{host}]"  # an IPv6 address in a URL
+    values = {
+        "instance_id": instance_id,
+        "contract_id": contract_id,
+        "endpoint": f"http://{host}:{port}",
+        "host": host,
+        "port": port,
+        "fleet": fleet,
+        "profile": str(rec.get("profile") or profile),
+        "warmup_s": f"{float(rec.get('total_s') or 0):.1f}",
+    }
+    return {key: values[key] for key in READY_PAYLOAD_KEYS}
+
+
+def wait_http(url: str, timeout_s: float, *, interval_s: float = 0.25) -> None:
+    """Wait until ``url`` answers 200 (the gateway's ``/healthz``); ``ValueError`` when it
+    has not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+                last = f"HTTP {answer.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            last = type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise ValueError(f"{url} did not answer 200 within {timeout_s:g} s ({last})")
+        time.sleep(interval_s)
+
+
 def flows_src() -> str:
     """The folder that holds the installed ``flows`` package (prefect.yaml's pull step)."""
     spec = find_spec("flows")
@@ -97,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("exit_code", type=int)
     sub.add_parser("resource").add_argument("instance_id")
     sub.add_parser("flows-src")
+    ready = sub.add_parser("ready-payload")
+    ready.add_argument("report")
+    for name in ("instance_id", "contract_id", "host", "port", "fleet", "profile"):
+        ready.add_argument(name)
+    wait = sub.add_parser("wait-http")
+    wait.add_argument("url")
+    wait.add_argument("timeout_s", type=float)
     return parser
 
 
@@ -111,6 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = summary_line(_read_report(args.report), args.exit_code)
         elif args.step == "resource":
             out = json.dumps(resource(args.instance_id))
+        elif args.step == "ready-payload":
+            fields = ("instance_id", "contract_id", "host", "port", "fleet", "profile")
+            named = {k: getattr(args, k) for k in fields}
+            out = json.dumps(ready_payload(_read_report(args.report), **named))
+        elif args.step == "wait-http":
+            wait_http(args.url, args.timeout_s)
+            out = "ok"
         else:
             out = flows_src()
     except (OSError, ValueError) as exc:

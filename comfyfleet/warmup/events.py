@@ -4,6 +4,8 @@ The on-start script emits :data:`INSTANCE_STARTED` with :data:`STARTED_PAYLOAD_K
 ``warmup`` deployment's trigger turns them into flow parameters: :func:`trigger_parameters`)
 and, when the warm-up has reported, :data:`WARMUP_FINISHED` whose payload is the warm-up's
 result document (``WarmupResult.to_dict()``, top-level keys :data:`FINISHED_PAYLOAD_KEYS`).
+The fleet on-start script also emits :data:`INSTANCE_READY` (:data:`READY_PAYLOAD_KEYS`) when
+its warm-up passed and its gateway answers; a failed warm-up emits no ready event.
 The render templates, ``flows/warmup.py`` and ``prefect.yaml`` take the names from here (tests
 check the YAML, which cannot import them).
 """
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 INSTANCE_STARTED = "comfyfleet.instance.started"
 WARMUP_FINISHED = "comfyfleet.warmup.finished"
+# Emitted by the fleet on-start script (``render onstart --via fleet``) once the warm-up has
+# passed and the gateway answers: the instance takes jobs at ``endpoint`` from now on.
+INSTANCE_READY = "comfyfleet.instance.ready"
 
 # Every instance's events name it as the resource ``comfyfleet.instance.<instance_id>``.
 INSTANCE_RESOURCE_PREFIX = "comfyfleet.instance."
@@ -25,6 +30,21 @@ STARTED_PAYLOAD_KEYS: tuple[str, ...] = (
     "comfy_url",
     "instance_id",
     "work_pool",
+)
+
+# Payload of INSTANCE_READY, in the order the on-start script passes them: the instance's
+# label (``C.<id>``, also the resource), vast.ai's numeric id (``CONTAINER_ID``), the gateway's
+# public URL ``http://host:port`` and its parts, the fleet (``COMFYFLEET_FLEET``), the profile
+# and the warm-up's seconds. The gateway token is never part of it.
+READY_PAYLOAD_KEYS: tuple[str, ...] = (
+    "instance_id",
+    "contract_id",
+    "endpoint",
+    "host",
+    "port",
+    "fleet",
+    "profile",
+    "warmup_s",
 )
 
 # The payload keys the warmup flow takes as parameters (work_pool only routes the run).
