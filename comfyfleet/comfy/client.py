@@ -334,6 +334,8 @@ class ComfyClient:
             remaining = deadline - time.monotonic()
             try:
                 return self._system_stats_once(min(max(remaining, 0.1), 10.0))
+            except ComfyAuthError:
+                raise  # a refused token is refused again: no point waiting
             except ComfyError as exc:
                 last = exc.message
             if time.monotonic() + interval > deadline:
