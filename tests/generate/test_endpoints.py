@@ -16,6 +16,7 @@ from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.errors import ConfigError
 from comfyfleet.generate.batch import (
     BatchEndpoint,
+    BatchEvent,
     BatchOptions,
     ComfyEndpoint,
     generate_from_file,
@@ -201,3 +202,41 @@ def test_endpoint_references_carry_no_tokens(tmp_path: Path) -> None:
     with ComfyClient("http://127.0.0.1:9") as c:
         assert "token" not in repr(c)
     assert SecretStr(TOKEN).__repr__() != TOKEN
+
+
+def test_a_token_rotated_midway_drops_that_endpoint_and_its_job_runs_elsewhere(
+    local_store: ObjectStore, make_jobs: JobsFactory
+) -> None:
+    jobs = _jobs(make_jobs, 20)
+    with (
+        FakeComfyUI(execution_time=0.05) as gated,
+        FakeComfyUI(execution_time=0.05) as other,
+        ComfyClient(
+            gated.url, timeout=5.0, poll_interval=0.05, reconnect_timeout=1.0, token=TOKEN
+        ) as first,
+        make_client(other.url) as second,
+    ):
+        gated.gateway_token = TOKEN
+        finished_on_gated: list[str] = []
+
+        def rotate(event: BatchEvent) -> None:
+            if event.kind == "finished" and event.endpoint == "gated":
+                finished_on_gated.append(event.job_id)
+                if len(finished_on_gated) == 3:
+                    gated.gateway_token = "rotated-token-abcdefghijklmnopq"
+
+        report = run_batch(
+            jobs,
+            endpoints=[BatchEndpoint(first, name="gated"), BatchEndpoint(second, name="other")],
+            store=local_store,
+            batch_id="rot",
+            options=BatchOptions(retry_backoff_s=0.05),
+            on_event=rotate,
+        )
+    assert report.ok and report.counts["ok"] == 20, report.markdown()
+    assert report.endpoints["gated"] == "refused the token"
+    assert gated.refused  # the refusal really came from the gateway check
+    rows = read_results(local_store, "rot")
+    assert sorted(r["id"] for r in rows) == [j.id for j in jobs]
+    for job in jobs:
+        assert len(list(local_store.list(f"outputs/rot/{job.id}/"))) == 1
