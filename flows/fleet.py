@@ -1,4 +1,18 @@
-"""Prefect flow ``fleet-reaper``: destroy fleet instances that cost money for nothing.
+"""Prefect flows of the fleet: ``fleet-batch`` (rent, run one batch, release) and
+``fleet-reaper`` (destroy fleet instances that cost money for nothing).
+
+``fleet-batch`` runs :class:`comfyfleet.fleet.batch.FleetBatch` in one task: rent ``count``
+instances (or reuse the fleet), wait for them to be ready (those that fail or time out are
+released; none ready fails the run), run the batch over every ready instance through the
+generate driver, and destroy what it rented in a ``finally``, also when the batch raises or
+the run is interrupted. A run that is cancelled or crashes outright (its process killed)
+never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks destroy
+every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and the
+reaper is the backstop. The summary artifact puts the cost first: $/h x billed time per
+instance, per batch and per output (markdown + a table). Gateway tokens are read from the
+instances' own env inside the task, never parameters, log lines or artifacts.
+
+``fleet-reaper``:
 
 Deployed with a cron schedule (every 10 minutes, ``prefect.yaml``), it is the backstop of
 the promise that a rented instance is always released: whatever a batch, an operator or a
@@ -16,16 +30,25 @@ lists afresh and so never destroys twice. The key is read inside the task from a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_run
 
+from comfyfleet.fleet.batch import DEFAULT_READY_TIMEOUT_S, FleetBatch, FleetBatchRequest
 from comfyfleet.fleet.cost import format_usd
+from comfyfleet.fleet.offers import OfferQuery
 from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
+from comfyfleet.fleet.release import release_rent
+from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest
 from comfyfleet.fleet.vast import VastClient
-from flows._common import artifact_key, transient_only
+from comfyfleet.generate.batch import DEFAULT_OPTIONS, BatchOptions
+from comfyfleet.render.assets import OnstartSettings
+from flows._common import artifact_key, load_tokens, open_flow_store, transient_only
 
 TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 30
@@ -139,4 +162,171 @@ def fleet_reaper(
         warmup_timeout_s=None,
     )
     result: dict[str, Any] = reap_task(fleet, policy, vast_block, dry_run)
+    return result
+
+
+# ---------------------------------------------------------------- fleet-batch
+
+
+def _rent_request(
+    params: dict[str, Any], rent_id: str, store_uri: str, store_env: dict[str, str]
+) -> RentRequest:
+    request = RentRequest(
+        fleet=params["fleet"],
+        count=params["count"],
+        profile=params["profile"],
+        query=OfferQuery(
+            min_vram_gb=params["min_vram_gb"],
+            disk_gb=params["disk_gb"],
+            gpu_name=params["gpu"],
+            max_dph=params["max_dph"],
+        ),
+        image=params["image"],
+        store=store_uri,
+        prefect_api_url=_prefect_api_url(),
+        extra_env=store_env,
+        onstart=OnstartSettings(profile=params["profile"], store=store_uri, mode=params["mode"]),
+        rent_id=rent_id,
+    )
+    if urlsplit(store_uri).scheme == "s3" and params["mode"] == "script":
+        from comfyfleet.fleet.wheel import cached_wheel, publish_wheel
+        from comfyfleet.store import open_store
+
+        wheel = publish_wheel(open_store(store_uri), cached_wheel())
+        request = replace(request, wheel=wheel)
+    return request
+
+
+def _prefect_api_url() -> str | None:
+    from comfyfleet.config import env
+
+    return env("PREFECT_API_URL")
+
+
+def _store_for_instances(store: str | None, store_block: str | None) -> tuple[str, dict[str, str]]:
+    if store_block:
+        from comfyfleet.cli.instances_cmd import store_block_env
+
+        uri, env, _ = store_block_env(store_block)
+        return uri, env
+    return store or "", {}
+
+
+@task(name="fleet-batch", cache_policy=NO_CACHE, retries=0)
+def fleet_batch_task(params: dict[str, Any], rent_id: str) -> dict[str, Any]:
+    """Rent/reuse, wait, run, release (in a ``finally``), then the cost artifacts, which
+    are written also when the run failed. No task retries: a rerun of the flow resumes the
+    batch (same batch id) on freshly rented instances."""
+    logger = get_run_logger()
+    store = open_flow_store(params["store"], params["store_block"])
+    rent = None
+    if not params["reuse"]:
+        uri, store_env = _store_for_instances(params["store"], params["store_block"])
+        rent = _rent_request(params, rent_id, uri, store_env)
+    request = FleetBatchRequest(
+        fleet=params["fleet"],
+        jobs_file=params["jobs_file"],
+        options=BatchOptions(
+            batch_id=params["batch_id"],
+            queue_depth=params["queue_depth"],
+            retries=params["retries"],
+            endpoint_timeout_s=params["endpoint_timeout_s"],
+            ready_timeout_s=min(DEFAULT_OPTIONS.ready_timeout_s, params["ready_timeout_s"]),
+            video=replace(DEFAULT_OPTIONS.video, fal=params["fal_fallback"]),
+        ),
+        rent=rent,
+        ready_timeout_s=params["ready_timeout_s"],
+    )
+    with _client(params["vast_block"]) as client:
+        run = FleetBatch(
+            client,
+            request,
+            store=store,
+            tokens=load_tokens(params["tokens_block"]),
+            say=logger.info,
+        )
+        try:
+            report = run.run()
+        finally:
+            _batch_artifacts(run)
+    batch = report.batch
+    assert batch is not None  # run() raised otherwise
+    return {
+        "fleet": report.fleet,
+        "batch_id": batch.batch_id,
+        "counts": batch.counts,
+        "results": f"{batch.store_uri}/{batch.results_key}",
+        "instances": {str(u.instance_id): u.state for u in report.instances.values()},
+        "released": report.released.destroyed,
+        "not_released": sorted(report.released.failed),
+        "cost_usd": round(report.cost_usd, 6),
+        "cost_per_output_usd": (
+            None if report.cost_per_output_usd is None else round(report.cost_per_output_usd, 8)
+        ),
+        "ok": batch.ok and report.released.ok,
+    }
+
+
+def _batch_artifacts(run: FleetBatch) -> None:
+    report = run.report
+    name = run.request.options.batch_id or run.request.fleet
+    key = artifact_key("fleet-batch", name)
+    try:
+        create_table_artifact(
+            table=report.table(), key=key, description="instances: state, jobs, $/h, cost"
+        )
+        create_markdown_artifact(
+            markdown=report.markdown(), key=f"{key}-summary"[:100], description="batch cost"
+        )
+    except Exception as exc:  # noqa: BLE001 - the report must not hide the run's own error
+        get_run_logger().warning("fleet-batch artifacts not written: %s", exc)
+
+
+def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation``/``on_crashed``: the run's process may be gone with its
+    ``finally``; destroy every instance the run rented, found by its mark."""
+    params = flow_run.parameters or {}
+    if params.get("reuse"):
+        return
+    with _client(params.get("vast_block")) as client:
+        release_rent(client, params["fleet"], str(flow_run.id))
+
+
+@flow(name="fleet-batch", on_cancellation=[_release_hook], on_crashed=[_release_hook])
+def fleet_batch(
+    fleet: str,
+    jobs_file: str,
+    count: int = 1,
+    profile: str = "auto",
+    max_dph: float | None = None,
+    image: str = DEFAULT_IMAGE,
+    batch_id: str | None = None,
+    reuse: bool = False,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    min_vram_gb: float = 24.0,
+    disk_gb: float = DEFAULT_DISK_GB,
+    gpu: str | None = None,
+    mode: str = "script",
+    store: str | None = None,
+    store_block: str | None = None,
+    vast_block: str | None = None,
+    tokens_block: str | None = None,
+    queue_depth: int = DEFAULT_OPTIONS.queue_depth,
+    retries: int = DEFAULT_OPTIONS.retries,
+    endpoint_timeout_s: float = DEFAULT_OPTIONS.endpoint_timeout_s,
+    fal_fallback: bool = DEFAULT_OPTIONS.video.fal,
+) -> dict[str, Any]:
+    """Rent ``count`` instances for ``fleet`` (``reuse``: take the fleet's instances as
+    they are), wait ``ready_timeout_s`` for them, run ``jobs_file`` over every ready one,
+    destroy what was rented. Key: a ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
+    params = dict(locals())
+    rent_id = str(current_run.id or "")
+    result: dict[str, Any] = fleet_batch_task(params, rent_id)
+    if not result["ok"]:
+        raise RuntimeError(
+            f"fleet-batch {result['batch_id']}: {result['counts']['failed']} job(s) failed, "
+            f"{len(result['not_released'])} instance(s) not released "
+            f"({', '.join(map(str, result['not_released'])) or 'none'}); rerun with the same "
+            "batch_id to retry only the failed jobs"
+        )
     return result

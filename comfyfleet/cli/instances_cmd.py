@@ -207,7 +207,7 @@ def cmd_offers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_block_env(name: str) -> tuple[str, dict[str, str], ObjectStore]:
+def store_block_env(name: str) -> tuple[str, dict[str, str], ObjectStore]:
     """The store URI, the ``AWS_*`` variables of a saved ``comfyfleet-store`` block, as
     the on-start script reads them (secrets stay out of every output), and the store."""
     from blocks import ComfyfleetStore, load
@@ -249,7 +249,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     store_env: dict[str, str] = {}
     opened: ObjectStore | None = None
     if args.store_block:
-        store, store_env, opened = _store_block_env(args.store_block)
+        store, store_env, opened = store_block_env(args.store_block)
     request = RentRequest(
         fleet=args.fleet,
         count=args.count,

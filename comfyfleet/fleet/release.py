@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from comfyfleet.errors import ComfyfleetError, is_transient
+from comfyfleet.fleet.labels import fleet_label
+from comfyfleet.fleet.rent import RENT_ID_ENV
 from comfyfleet.fleet.vast import VastClient
 
 
@@ -36,3 +38,14 @@ def release(client: VastClient, instance_ids: Iterable[int]) -> ReleaseReport:
             report.failed[instance_id] = exc.one_line()
             report.transient = report.transient and is_transient(exc)
     return report
+
+
+def release_rent(client: VastClient, fleet: str, rent_id: str) -> ReleaseReport:
+    """Destroy every instance of ``fleet`` one rent created (its ``COMFYFLEET_RENT_ID``
+    mark): the clean-up of a run that can no longer say which ids it rented."""
+    ids = [
+        i.id
+        for i in client.list_instances(label=fleet_label(fleet))
+        if rent_id and i.extra_env.get(RENT_ID_ENV) == rent_id
+    ]
+    return release(client, ids)

@@ -98,6 +98,10 @@ class RentRequest:
     gateway_token: str = field(default="", repr=False)
     gateway_port: int = GATEWAY_PORT
     wheel: PublishedWheel | None = None
+    # The mark every instance of this rent carries (COMFYFLEET_RENT_ID); empty = a new one.
+    # ``fleet-batch`` passes its flow run's id, so a clean-up that outlives the run (its
+    # cancellation hook) finds exactly what the run rented.
+    rent_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,8 @@ def rent_fleet(
             hint="loosen --max-dph / --min-vram / --gpu, or ask for fewer instances "
             "(`comfyfleet instances offers` shows what is there)",
         )
-    report = RentReport(fleet=request.fleet, label=label, rent_id=uuid.uuid4().hex[:16])
+    rent_id = request.rent_id or uuid.uuid4().hex[:16]
+    report = RentReport(fleet=request.fleet, label=label, rent_id=rent_id)
     # One token per fleet: a second `up` to a fleet joins it with the token it has.
     token = request.gateway_token or fleet_token(client.list_instances(label=label)) or ""
     env = instance_env(request, report.rent_id, token or new_token())

@@ -1,0 +1,296 @@
+"""``fleet-batch`` without Prefect: rent (or reuse) a fleet, wait for it, run one batch over
+every ready instance, release what was rented, and put a price on all of it.
+
+:class:`FleetBatch` is the one place the order is kept:
+
+1. **Rent** ``count`` instances (:func:`comfyfleet.fleet.rent.rent_fleet`, all or nothing,
+   marked with the caller's ``rent_id``), or **reuse** the fleet's instances as they are.
+2. **Wait** for readiness (:func:`comfyfleet.fleet.ready.wait_ready`) up to the timeout.
+   Rented instances that failed or did not get ready are **released at once**: they would
+   bill while taking no jobs. Reused ones are left alone (they are not ours; the reaper
+   judges them). None ready: :class:`~comfyfleet.errors.FleetError`.
+3. **Run** the batch over the ready endpoints with the generate driver
+   (:func:`comfyfleet.generate.batch.generate_from_file`): one queue, work stealing, an
+   instance that dies has its jobs re-run elsewhere, each job once in ``results.parquet``
+   with ``endpoint = instance-<id>``.
+4. **Release**, in a ``finally``: every instance this run rented is destroyed whatever
+   happened above, an error or a ``KeyboardInterrupt`` included. (A run killed outright
+   never reaches its ``finally``: the flow's cancellation hook destroys the rent by its mark,
+   :func:`comfyfleet.fleet.release.release_rent`, and the reaper is the backstop.)
+
+**Cost** (:class:`InstanceUse`): $/h x the seconds the instance was billed for this batch.
+A rented instance is billed from its rent (``start_date``) to its release; a reused one is
+charged from the batch's start to its end (the batch's share of an instance it did not rent).
+The report sums them per batch and divides by the outputs stored (and the jobs done).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from comfyfleet.errors import FleetError
+from comfyfleet.fleet.cost import cost_usd, format_duration, format_usd
+from comfyfleet.fleet.ready import Readiness, endpoint_name, wait_ready
+from comfyfleet.fleet.release import ReleaseReport, release
+from comfyfleet.fleet.rent import RentRequest, rent_fleet
+from comfyfleet.fleet.vast import VastClient
+from comfyfleet.generate.batch import BatchEvent, BatchOptions, BatchReport, generate_from_file
+from comfyfleet.store.base import ObjectStore
+
+if TYPE_CHECKING:
+    from comfyfleet.sources import Tokens
+
+DEFAULT_READY_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class FleetBatchRequest:
+    """What one ``fleet-batch`` does. ``rent`` None: reuse ``fleet`` as it is."""
+
+    fleet: str
+    jobs_file: str
+    options: BatchOptions
+    rent: RentRequest | None = None
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+
+
+@dataclass
+class InstanceUse:
+    """One instance's part in the batch and what it cost."""
+
+    instance_id: int
+    rented: bool
+    gpu_name: str = ""
+    dph: float = 0.0
+    billed_from: float = 0.0
+    billed_to: float = 0.0
+    state: str = "pending"  # ran jobs | not ready: ... | pending
+    jobs_ok: int = 0
+    outputs: int = 0
+    released: str = ""  # destroyed | already gone | FAILED: ... | kept (reused)
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.billed_to - self.billed_from)
+
+    @property
+    def cost_usd(self) -> float:
+        return cost_usd(self.dph, self.seconds)
+
+
+@dataclass
+class FleetBatchReport:
+    fleet: str
+    started: float
+    ended: float = 0.0
+    instances: dict[int, InstanceUse] = field(default_factory=dict)
+    batch: BatchReport | None = None
+    released: ReleaseReport = field(default_factory=ReleaseReport)
+    error: str = ""
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(u.cost_usd for u in self.instances.values())
+
+    @property
+    def outputs(self) -> int:
+        return sum(u.outputs for u in self.instances.values())
+
+    @property
+    def jobs_ok(self) -> int:
+        return sum(u.jobs_ok for u in self.instances.values())
+
+    @property
+    def cost_per_output_usd(self) -> float | None:
+        return self.cost_usd / self.outputs if self.outputs else None
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per instance: the cost table of the summary artifact."""
+        return [
+            {
+                "instance": u.instance_id,
+                "gpu": u.gpu_name,
+                "rented": u.rented,
+                "state": u.state,
+                "jobs_ok": u.jobs_ok,
+                "outputs": u.outputs,
+                "dph_usd": round(u.dph, 4),
+                "billed_s": round(u.seconds, 1),
+                "cost_usd": round(u.cost_usd, 6),
+                "released": u.released,
+            }
+            for u in sorted(self.instances.values(), key=lambda u: u.instance_id)
+        ]
+
+    def markdown(self) -> str:
+        per_output = self.cost_per_output_usd
+        per_job = self.cost_usd / self.jobs_ok if self.jobs_ok else None
+        lines = [
+            f"# fleet-batch `{self.fleet}`",
+            "",
+            f"- **Cost**: {format_usd(self.cost_usd)} for the batch, "
+            f"{format_usd(per_output) if per_output is not None else 'n/a'} per output "
+            f"({self.outputs} outputs), "
+            f"{format_usd(per_job) if per_job is not None else 'n/a'} per job "
+            f"({self.jobs_ok} ok)",
+            f"- Wall time: {format_duration(self.ended - self.started)} on "
+            f"{sum(u.state == 'ran jobs' for u in self.instances.values())} ready of "
+            f"{len(self.instances)} instance(s)",
+        ]
+        if self.batch is not None:
+            c = self.batch.counts
+            lines.append(
+                f"- Batch `{self.batch.batch_id}`: {c['ok']} ok, {c['failed']} failed, "
+                f"{c['skipped']} skipped; results `{self.batch.store_uri}/"
+                f"{self.batch.results_key}`"
+            )
+        if self.error:
+            lines.append(f"- **Stopped**: {self.error}")
+        if self.released.failed:
+            left = ", ".join(map(str, self.released.failed))
+            lines.append(f"- **NOT released**: {left}: run `comfyfleet instances down {left}`")
+        lines += [
+            "",
+            "| instance | GPU | state | jobs | outputs | $/h | billed | cost | released |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for u in sorted(self.instances.values(), key=lambda u: u.instance_id):
+            lines.append(
+                f"| {u.instance_id}{'' if u.rented else ' (reused)'} | {u.gpu_name} | "
+                f"{u.state} | {u.jobs_ok} | {u.outputs} | ${u.dph:.3f} | "
+                f"{format_duration(u.seconds)} | {format_usd(u.cost_usd)} | {u.released} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+class FleetBatch:
+    """One run (see the module docstring). :attr:`report` is filled as it goes, so a caller
+    whose :meth:`run` raised still has the costs and the release outcome to show."""
+
+    def __init__(
+        self,
+        client: VastClient,
+        request: FleetBatchRequest,
+        *,
+        store: ObjectStore,
+        tokens: Tokens | None = None,
+        on_event: Callable[[BatchEvent], None] | None = None,
+        say: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.store = store
+        self.tokens = tokens
+        self.on_event = on_event
+        self.say = say or (lambda _line: None)
+        self.clock = clock
+        self.rented: list[int] = []
+        self.report = FleetBatchReport(fleet=request.fleet, started=clock())
+
+    def run(self) -> FleetBatchReport:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.report.error = getattr(exc, "message", "") or type(exc).__name__
+            raise
+        finally:
+            self._release_all()
+        return self.report
+
+    def _run(self) -> None:
+        req = self.request
+        ids: list[int] | None = None
+        if req.rent is not None:
+            rent = rent_fleet(self.client, req.rent, on_event=self.say)
+            self.rented = [r.instance_id for r in rent.rented]
+            for r in rent.rented:
+                self.report.instances[r.instance_id] = InstanceUse(
+                    r.instance_id, True, r.offer.gpu_name, r.offer.dph_total, self.report.started
+                )
+            ids = list(self.rented)
+        readiness = wait_ready(self.client, req.fleet, ids, timeout_s=req.ready_timeout_s)
+        self._note(readiness)
+        if not readiness.ready:
+            raise FleetError(
+                f"no instance of fleet {req.fleet} got ready within {req.ready_timeout_s:g} s "
+                f"({'; '.join(f'{i}: {w}' for i, w in sorted(readiness.not_ready.items()))})",
+                hint="see the instances' warm-up runs in the Prefect UI; raise "
+                "ready_timeout, or try other offers",
+            )
+        self.say(f"running the batch on {len(readiness.ready)} instance(s)")
+        batch = generate_from_file(
+            req.jobs_file,
+            req.options,
+            endpoints=readiness.comfy_endpoints(),
+            store=self.store,
+            tokens=self.tokens,
+            on_event=self.on_event,
+        )
+        self.report.batch = batch
+        for result in batch.results:
+            use = self._use_of(result.endpoint)
+            if use is not None and result.status == "ok":
+                use.jobs_ok += 1
+                use.outputs += len(result.outputs)
+
+    def _use_of(self, name: str) -> InstanceUse | None:
+        for use in self.report.instances.values():
+            if endpoint_name(use.instance_id) == name:
+                return use
+        return None
+
+    def _note(self, readiness: Readiness) -> None:
+        """Record every instance's state; release at once the rented ones not ready."""
+        now = self.clock()
+        for instance_id, instance in readiness.instances.items():
+            use = self.report.instances.get(instance_id)
+            if use is None:  # reused: charged from the batch's start
+                use = InstanceUse(
+                    instance_id, False, instance.gpu_name, instance.dph_total, self.report.started
+                )
+                self.report.instances[instance_id] = use
+            elif instance.start_date:
+                use.billed_from = min(use.billed_from, instance.start_date)
+            use.dph = instance.dph_total or use.dph
+        for instance_id in readiness.ready:
+            self.report.instances[instance_id].state = "ran jobs"
+        doomed = [i for i in readiness.not_ready if i in self.rented]
+        for instance_id, why in readiness.not_ready.items():
+            if instance_id in self.report.instances:
+                self.report.instances[instance_id].state = f"not ready: {why}"
+        if doomed:
+            self.say(f"releasing {len(doomed)} instance(s) that did not get ready: {doomed}")
+            self._record_release(release(self.client, doomed), now)
+
+    def _record_release(self, outcome: ReleaseReport, when: float) -> None:
+        done = self.report.released
+        done.destroyed += outcome.destroyed
+        done.already_gone += outcome.already_gone
+        done.failed.update(outcome.failed)
+        done.transient = done.transient and outcome.transient
+        for instance_id in outcome.destroyed + outcome.already_gone:
+            use = self.report.instances.get(instance_id)
+            if use is not None:
+                use.billed_to = when
+                use.released = "destroyed" if instance_id in outcome.destroyed else "already gone"
+        for instance_id, why in outcome.failed.items():
+            if instance_id in self.report.instances:
+                self.report.instances[instance_id].released = f"FAILED: {why}"
+
+    def _release_all(self) -> None:
+        done = set(self.report.released.destroyed) | set(self.report.released.already_gone)
+        left = [i for i in self.rented if i not in done]
+        now = self.clock()
+        self.report.ended = now
+        if left:
+            self.say(f"releasing {len(left)} rented instance(s)")
+            self._record_release(release(self.client, left), now)
+        for use in self.report.instances.values():
+            if not use.rented:
+                use.billed_to, use.released = now, "kept (reused)"
+            elif not use.billed_to:
+                use.billed_to = now  # release failed: still billing, at least until now

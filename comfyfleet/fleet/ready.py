@@ -1,0 +1,154 @@
+"""Which of a fleet's instances can take jobs, and their ComfyUI endpoints with the token.
+
+An instance is **ready** when vast.ai says it is ``running`` with the gateway's port
+published, its gateway answers ``/healthz``, and ComfyUI answers ``/system_stats`` *through*
+the gateway with the fleet's token (the gateway's ``/healthz`` alone says nothing about the
+ComfyUI behind it: a failed warm-up leaves the gateway up and ComfyUI down). An instance in
+``exited``/``unknown``/``offline`` has failed for good (vast.ai never brings those back).
+
+The endpoints are :class:`~comfyfleet.generate.endpoints.ComfyEndpoint` objects named
+``instance-<id>`` (the ``endpoint`` column of ``results.parquet``) with the token as a
+``SecretStr``: they go straight to the batch driver, never to a command line, a flow
+parameter, a log line or a result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import SecretStr
+
+from comfyfleet.errors import FleetError
+from comfyfleet.fleet.access import GATEWAY_PORT, Endpoint, fleet_endpoints
+from comfyfleet.fleet.labels import fleet_label
+from comfyfleet.fleet.reaper import BAD_ENDINGS
+from comfyfleet.fleet.vast import Instance, VastClient
+from comfyfleet.generate.endpoints import ComfyEndpoint
+
+PROBE_TIMEOUT_S = 5.0
+POLL_S = 2.0
+
+
+def endpoint_name(instance_id: int) -> str:
+    """The name results rows carry for the instance that ran a job."""
+    return f"instance-{instance_id}"
+
+
+def comfy_endpoint(endpoint: Endpoint) -> ComfyEndpoint:
+    return ComfyEndpoint(
+        url=endpoint.url,
+        name=endpoint_name(endpoint.instance_id),
+        token=SecretStr(endpoint.token),
+    )
+
+
+def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when the gateway and the ComfyUI behind it answer, else why not (no token in it)."""
+    try:
+        with httpx.Client(timeout=timeout) as http:
+            health = http.get(f"{endpoint.url}/healthz")
+            if health.status_code != 200:
+                return f"gateway /healthz answered {health.status_code}"
+            stats = http.get(f"{endpoint.url}/system_stats", headers=endpoint.headers)
+            if stats.status_code != 200:
+                return f"ComfyUI behind the gateway answered {stats.status_code}"
+    except httpx.HTTPError as exc:
+        return f"gateway unreachable ({type(exc).__name__})"
+    return None
+
+
+@dataclass
+class Readiness:
+    """The outcome of waiting: endpoints of the ready instances, why the others are not."""
+
+    ready: dict[int, Endpoint] = field(default_factory=dict)
+    not_ready: dict[int, str] = field(default_factory=dict)
+    instances: dict[int, Instance] = field(default_factory=dict)  # last seen
+
+    def comfy_endpoints(self) -> list[ComfyEndpoint]:
+        return [comfy_endpoint(self.ready[i]) for i in sorted(self.ready)]
+
+
+def _check(
+    instance: Instance, port: int, prober: Callable[[Endpoint], str | None]
+) -> tuple[Endpoint | None, str, bool]:
+    """(endpoint if ready, why not, failed for good)."""
+    status = instance.actual_status
+    if status in BAD_ENDINGS:
+        return None, f"status {status}: {instance.status_msg or 'no message'}", True
+    found = fleet_endpoints([instance], port)
+    if status != "running" or not found:
+        return None, f"status {status or 'provisioning'}", False
+    why = prober(found[0])
+    return (found[0], "", False) if why is None else (None, why, False)
+
+
+def wait_ready(
+    client: VastClient,
+    fleet: str,
+    instance_ids: Iterable[int] | None = None,
+    *,
+    timeout_s: float,
+    port: int = GATEWAY_PORT,
+    poll_s: float = POLL_S,
+    prober: Callable[[Endpoint], str | None] = probe,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Readiness:
+    """Poll the fleet until every instance of ``instance_ids`` (default: all of the fleet's)
+    is ready or failed for good, or ``timeout_s`` passed. An instance that is gone counts as
+    failed. Raises nothing for unready instances: the caller decides (release them, run on
+    the rest)."""
+    label = fleet_label(fleet)
+    wanted = None if instance_ids is None else set(instance_ids)
+    out = Readiness()
+    deadline = clock() + timeout_s
+    while True:
+        seen = {i.id: i for i in client.list_instances(label=label)}
+        targets = set(seen) if wanted is None else wanted
+        out.instances.update({i: seen[i] for i in targets if i in seen})
+        for instance_id in sorted(targets - set(out.ready)):
+            instance = seen.get(instance_id)
+            if instance is None:
+                out.not_ready[instance_id] = "gone (destroyed or never created)"
+                continue
+            endpoint, why, failed = _check(instance, port, prober)
+            if endpoint is not None:
+                out.ready[instance_id] = endpoint
+                out.not_ready.pop(instance_id, None)
+            else:
+                out.not_ready[instance_id] = why + (" (failed)" if failed else "")
+        pending = [
+            i
+            for i in targets
+            if i not in out.ready
+            and not out.not_ready.get(i, "").endswith("(failed)")
+            and not out.not_ready.get(i, "").startswith("gone")
+        ]
+        if not pending or clock() >= deadline:
+            break
+        sleep(min(poll_s, max(0.0, deadline - clock())))
+    for instance_id in list(out.not_ready):
+        why = out.not_ready[instance_id]
+        if not why.endswith("(failed)") and not why.startswith("gone"):
+            out.not_ready[instance_id] = f"not ready after {timeout_s:g} s: {why}"
+    return out
+
+
+def ready_endpoints(
+    client: VastClient, fleet: str, *, timeout_s: float = 0.0
+) -> list[ComfyEndpoint]:
+    """The endpoints of ``fleet``'s ready instances (``generate --fleet``); FleetError when
+    none is ready."""
+    readiness = wait_ready(client, fleet, timeout_s=timeout_s)
+    if not readiness.ready:
+        detail = "; ".join(f"{i}: {why}" for i, why in sorted(readiness.not_ready.items()))
+        raise FleetError(
+            f"fleet {fleet} has no ready instance" + (f" ({detail})" if detail else ""),
+            hint=f"rent some: comfyfleet instances up --fleet {fleet} --count N --profile P; "
+            f"watch them: comfyfleet instances ls --fleet {fleet}",
+        )
+    return readiness.comfy_endpoints()
