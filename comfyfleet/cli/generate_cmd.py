@@ -71,6 +71,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help='JSON list of endpoints: [{"url": ..., "name": ..., "token_env"|"token_file": ...}]',
     )
     parser.add_argument(
+        "--fleet",
+        metavar="NAME",
+        help="run on every ready instance of this comfyfleet fleet (endpoints and gateway "
+        "token from vast.ai: VAST_API_KEY or --vast-block); adds to any --comfy-url",
+    )
+    parser.add_argument(
+        "--vast-block", metavar="NAME", help="comfyfleet-vast block holding the vast.ai key"
+    )
+    parser.add_argument(
         "--endpoint-timeout",
         type=positive_float,
         default=DEFAULT_OPTIONS.endpoint_timeout_s,
@@ -146,11 +155,17 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     options = batch_options(args)
-    endpoints = resolve_endpoints(
-        endpoint_refs(
-            args.comfy_url, token_env=args.comfy_token_env, endpoints_file=args.comfy_endpoints
+    endpoints = []
+    if args.fleet:  # the fleet's ready instances, tokens read from vast.ai here
+        from comfyfleet.cli.instances_cmd import fleet_comfy_endpoints
+
+        endpoints = fleet_comfy_endpoints(args.fleet, args.vast_block)
+    if args.comfy_url or args.comfy_endpoints or not args.fleet:
+        endpoints += resolve_endpoints(
+            endpoint_refs(
+                args.comfy_url, token_env=args.comfy_token_env, endpoints_file=args.comfy_endpoints
+            )
         )
-    )
     store = resolve_store(args)
     err = Console(file=sys.stderr)
     if args.fal and not FalSettings().resolved_key() and not args.json:

@@ -31,6 +31,7 @@ from comfyfleet.fleet.cost import format_duration, format_usd, total_cost_usd
 from comfyfleet.fleet.labels import fleet_label, fleet_of
 from comfyfleet.fleet.listing import InstanceRow
 from comfyfleet.fleet.offers import OfferQuery, find_offers
+from comfyfleet.fleet.ready import ready_endpoints
 from comfyfleet.fleet.reaper import idle_seconds
 from comfyfleet.fleet.release import release
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, rent_fleet
@@ -41,6 +42,7 @@ from comfyfleet.fleet.wheel import (
     cached_wheel,
     publish_wheel,
 )
+from comfyfleet.generate.endpoints import ComfyEndpoint
 from comfyfleet.store import ObjectStore, open_store
 
 # The clock the cost and idle columns use (tests point it at the test server's clock).
@@ -159,6 +161,14 @@ def _client(args: argparse.Namespace) -> VastClient:
         block = load(VastCredentials, args.vast_block)
         return VastClient(block.api_key, url=block.url)
     return VastClient()
+
+
+def fleet_comfy_endpoints(fleet: str, vast_block: str | None = None) -> list[ComfyEndpoint]:
+    """``generate --fleet``: the ComfyUIs of the fleet's ready instances, each with the
+    fleet's gateway token (read from vast.ai here, never printed)."""
+    fleet_label(fleet)  # a bad name fails before any call
+    with _client(argparse.Namespace(vast_block=vast_block)) as client:
+        return ready_endpoints(client, fleet)
 
 
 def _query(args: argparse.Namespace) -> OfferQuery:

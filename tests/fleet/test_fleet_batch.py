@@ -142,3 +142,31 @@ def test_reuse_runs_on_the_fleet_and_leaves_it_running(
     assert all(u.released == "kept (reused)" and not u.rented for u in report.instances.values())
     rows = read_results(local_store, "fb")
     assert sorted(r["id"] for r in rows) == [f"j{k:03d}" for k in range(8)]
+
+
+def test_generate_cli_runs_on_a_fleet(
+    sim: SimFleet,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from comfyfleet.cli import main
+
+    sim.broken = {3}  # not ready: left out of the batch
+    with VastClient() as client:
+        rent_fleet(client, rent_request(3))
+    store = str(tmp_path / "store")
+    argv = ["generate", jobs_file(tmp_path, 10), "--fleet", "night", "--store", store,
+            "--batch-id", "cli", "--no-fal", "--json"]  # fmt: skip
+    assert not [t for t in tokens(sim) if t in " ".join(argv)]
+    code = main(argv)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    ran = {row["endpoint"] for row in json.loads(out)["jobs"]}
+    good = {endpoint_name(i) for i in sim.created[:2]}
+    assert ran <= good and ran, ran
+    assert sim.accepted(sim.created[0]) + sim.accepted(sim.created[1]) == 10
+    for text in (out, err, caplog.text):
+        assert not [t for t in tokens(sim) if t in text]
+    assert main(["generate", jobs_file(tmp_path, 1), "--fleet", "empty", "--store", store]) == 1
+    assert "fleet empty has no ready instance" in capfd.readouterr().err
