@@ -46,7 +46,7 @@ from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
 from comfyfleet.fleet.release import release_rent
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest
 from comfyfleet.fleet.vast import VastClient
-from comfyfleet.generate.batch import DEFAULT_OPTIONS, BatchOptions
+from comfyfleet.generate.batch import DEFAULT_OPTIONS, BatchEvent, BatchOptions
 from comfyfleet.render.assets import OnstartSettings
 from flows._common import artifact_key, load_tokens, open_flow_store, transient_only
 
@@ -237,12 +237,18 @@ def fleet_batch_task(params: dict[str, Any], rent_id: str) -> dict[str, Any]:
         rent=rent,
         ready_timeout_s=params["ready_timeout_s"],
     )
+
+    def on_event(event: BatchEvent) -> None:
+        if event.kind == "finished" and event.result is not None and event.result.error:
+            logger.warning("job %s %s: %s", event.job_id, event.result.status, event.result.error)
+
     with _client(params["vast_block"]) as client:
         run = FleetBatch(
             client,
             request,
             store=store,
             tokens=load_tokens(params["tokens_block"]),
+            on_event=on_event,
             say=logger.info,
         )
         try:

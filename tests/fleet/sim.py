@@ -103,10 +103,13 @@ class SimFleet:
                 box.comfy.stop()
 
     def kill(self, instance_id: int) -> None:
-        """The instance's ComfyUI dies (the gateway stays: 502 from then on)."""
+        """The instance's ComfyUI dies right after the prompt it is running: listener closed,
+        every connection aborted, the prompts queued on it lost (the gateway stays: 502 from
+        then on). Not ``FakeComfyUI.stop()``: that interrupts the running prompt and tells
+        the client so (``execution_interrupted``), which a killed ComfyUI never does."""
         comfy = self.boxes[instance_id].comfy
         assert comfy is not None
-        comfy.stop()
+        comfy.die_after_prompts = len(comfy.timeline) + 1
 
     def close(self) -> None:
         for instance_id, box in self.boxes.items():

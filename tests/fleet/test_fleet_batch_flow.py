@@ -1,0 +1,174 @@
+"""``fleet-batch`` end to end on Prefect's real engine, all on 127.0.0.1: the vast.ai test
+server rents instances that are ComfyUI test servers behind real gateways
+(tests/fleet/sim.py). 60 jobs over the ready instances, one instance killed halfway, one
+failed warm-up; every job exactly once in results.parquet with the instance that ran it,
+every rented instance destroyed, the cost in the summary artifact; a failing run and the
+cancellation hook destroy what the run rented too."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from comfyfleet.fleet.ready import endpoint_name
+from comfyfleet.fleet.rent import rent_fleet
+from comfyfleet.fleet.vast import VastClient
+from comfyfleet.generate.batch import read_results
+from comfyfleet.store import open_store
+from deployments.serve import load_deployments
+from tests.doubles.vast import TEST_KEY, FakeVast
+from tests.fleet.sim import SimFleet
+from tests.fleet.test_fleet_batch import jobs_file, rent_request, tokens
+from tests.fleet.test_reaper_flow import artifacts_of
+
+JOBS = 60
+
+
+@pytest.fixture
+def sim(vast: FakeVast) -> Iterator[SimFleet]:
+    for dph in (0.30, 0.40, 0.50, 0.60):
+        vast.add_offer(gpu_name="RTX 4090", gpu_ram=24564, dph_base=dph)
+    fleet = SimFleet(vast, execution_time=0.05)
+    yield fleet
+    fleet.close()
+
+
+def kill_halfway(sim: SimFleet, victim_index: int) -> threading.Thread:
+    """Stop one instance's ComfyUI once half the jobs were handed out."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(sim.created) > victim_index:
+                total = sum(sim.accepted(i) for i in sim.boxes)
+                if total >= JOBS // 2:
+                    sim.kill(sim.created[victim_index])
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def params(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "fleet": "night",
+        "jobs_file": jobs_file(tmp_path, JOBS),
+        "count": 4,
+        "profile": "auto",
+        "mode": "baked",
+        "min_vram_gb": 24,
+        "disk_gb": 60,
+        "store": str(tmp_path / "store"),
+        "batch_id": "fleet-e2e",
+        "ready_timeout_s": 2.0,
+        "endpoint_timeout_s": 1.0,
+        "fal_fallback": False,
+    }
+    base.update(kw)
+    return base
+
+
+@pytest.mark.flow
+def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
+    prefect_harness: None,
+    sim: SimFleet,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from flows.fleet import fleet_batch
+
+    sim.broken = {4}  # the fourth instance fails its warm-up: released, no jobs
+    killer = kill_halfway(sim, 0)
+    prefect_logger = logging.getLogger("prefect")
+    caplog.set_level(logging.INFO, logger="prefect")
+    prefect_logger.addHandler(caplog.handler)
+    started = time.monotonic()
+    try:
+        state = fleet_batch(**params(tmp_path), return_state=True)
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
+    wall = time.monotonic() - started
+    killer.join(5)
+    assert state.is_completed(), state
+    summary = state.result()
+    first, _, _, broken = sim.created
+    # Every job exactly once, each row naming the instance that ran it (never the broken one).
+    rows = read_results(open_store(str(tmp_path / "store")), "fleet-e2e")
+    assert Counter(r["id"] for r in rows) == {f"j{k:03d}": 1 for k in range(JOBS)}
+    assert all(r["status"] == "ok" for r in rows)
+    ran = Counter(r["endpoint"] for r in rows)
+    assert set(ran) <= {endpoint_name(i) for i in sim.created[:3]}, ran
+    assert 0 < ran[endpoint_name(first)] < JOBS  # it worked, then died; the rest took over
+    assert sim.accepted(broken) == 0 and endpoint_name(broken) not in ran
+    # Everything rented is destroyed; the broken one before the batch ran.
+    assert sim.destroyed[0] == broken
+    assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
+    assert sorted(summary["released"]) == sorted(sim.created) and summary["not_released"] == []
+    assert summary["cost_usd"] > 0 and summary["cost_per_output_usd"] > 0
+    # The cost, per instance, per batch and per output, in the artifacts.
+    arts = artifacts_of(state.state_details.flow_run_id)
+    (table,) = arts["table"]
+    data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
+    by_id = {row["instance"]: row for row in data}
+    assert set(by_id) == set(sim.created)
+    assert by_id[broken]["state"].startswith("not ready") and by_id[broken]["jobs_ok"] == 0
+    assert sum(row["jobs_ok"] for row in data) == JOBS
+    assert sum(row["cost_usd"] for row in data) == pytest.approx(summary["cost_usd"], abs=1e-5)
+    text = str(arts["markdown"][0].data)
+    assert "per output" in text and "per job" in text and f"{JOBS} ok" in text
+    # No gateway token or vast.ai key anywhere: parameters, logs, artifacts, results.
+    out, err = capfd.readouterr()
+    everything = caplog.text + out + err + json.dumps(rows, default=str) + text
+    everything += json.dumps(data) + json.dumps(summary)
+    assert TEST_KEY not in everything and not [t for t in tokens(sim) if t in everything]
+    print(f"fleet-batch e2e: {JOBS} jobs on 3+1 instances, one killed halfway: {wall:.1f} s")
+
+
+@pytest.mark.flow
+def test_a_failing_run_and_the_cancellation_hook_release_what_was_rented(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.fleet import _release_hook, fleet_batch
+
+    state = fleet_batch(
+        **params(tmp_path, count=2, jobs_file=str(tmp_path / "missing.csv")), return_state=True
+    )
+    assert state.is_failed(), state
+    assert len(sim.created) == 2 and sorted(sim.destroyed) == sorted(sim.created)
+    arts = artifacts_of(state.state_details.flow_run_id)
+    assert "**Stopped**" in str(arts["markdown"][0].data)
+    # A run killed outright never reaches its finally: the hook finds its instances by mark.
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    for _ in range(3):
+        sim.vast.add_offer(gpu_name="RTX 3090", gpu_ram=24576, dph_base=0.2)
+    with VastClient() as vast_client:
+        mine = rent_fleet(vast_client, replace(rent_request(2), rent_id=str(run.id)))
+        other = rent_fleet(vast_client, rent_request(1))  # another run's: left alone
+    _release_hook(None, run, None)
+    gone = {r.instance_id for r in mine.rented}
+    assert gone <= set(sim.destroyed)
+    assert set(sim.vast.instances) == {other.rented[0].instance_id}
+
+
+def test_deployment_on_the_cpu_pool() -> None:
+    spec = {d["name"]: d for d in load_deployments()}["fleet-batch"]
+    assert spec["entrypoint"] == "flows/fleet.py:fleet_batch"
+    assert spec["work_pool"]["name"] == "comfyfleet-cpu"
+    assert spec["parameters"]["vast_block"] == "comfyfleet-vast"
+    assert "schedules" not in spec
