@@ -1,6 +1,7 @@
 """Destroy instances and say exactly what happened to each: destroyed, already gone, or
-failed (with the error's one line). Used by ``instances down``, the reaper, and later by
-``fleet-batch``'s ``finally`` (and, by the rent's mark, its cancellation hook); a failure on one instance never stops the others."""
+failed (with the error's one line). Used by ``instances down``, the reaper, ``fleet-batch``'s
+``finally`` and, by the rent's mark (:func:`release_rent`), its cancellation hook; a failure
+on one instance never stops the others."""
 
 from __future__ import annotations
 
