@@ -130,19 +130,45 @@ def remirror_hint(entry: ManifestEntry) -> str:
     )
 
 
-def stale_entries(store: ObjectStore, manifest: Manifest) -> list[tuple[ManifestEntry, str]]:
+def stale_entries(
+    store: ObjectStore, entries: Iterable[ManifestEntry]
+) -> list[tuple[ManifestEntry, str]]:
     """Entries whose object is missing or no longer the mirrored bytes, each with the fix.
 
     For readers of the manifest (a warm-up planning its pull): one ``head`` per entry.
     """
     stale: list[tuple[ManifestEntry, str]] = []
-    for entry in manifest.entries:
+    for entry in entries:
         info = store.exists(entry.key)
         if info is None:
             stale.append((entry, f"{entry.key} is missing; `comfyfleet mirror --only {entry.id}`"))
         elif not entry_matches(entry, info):
             stale.append((entry, remirror_hint(entry)))
     return stale
+
+
+def require_current(store: ObjectStore, entries: Iterable[ManifestEntry]) -> None:
+    """Raise :class:`StoreError` when any entry's object is missing or replaced.
+
+    A replaced object keeps its ``sha256`` metadata, so a pull would only notice it after
+    downloading it, and then blame the catalog pin; this names the mirror command instead.
+    """
+    stale = stale_entries(store, entries)
+    if not stale:
+        return
+    if len(stale) == 1:
+        entry, fix = stale[0]
+        raise StoreError(
+            f"{store.uri}: {entry.key} no longer matches manifest.json", store=store.uri, hint=fix
+        )
+    only = " ".join(f"--only {entry.id}" for entry, _ in stale)
+    raise StoreError(
+        f"{store.uri}: {len(stale)} objects no longer match manifest.json "
+        f"({', '.join(entry.key for entry, _ in stale)})",
+        store=store.uri,
+        hint=f"they were replaced or removed after they were mirrored; restore them with "
+        f"`comfyfleet mirror --force {only}` (the catalog is fine)",
+    )
 
 
 def _corrupt(store: ObjectStore, detail: str) -> StoreError:
