@@ -33,19 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# Nothing leaves the machine: telemetry off before any library is imported (local-services.md).
-os.environ.update(
-    {
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-)
+# The repository on sys.path and telemetry off, before any library is imported.
+from _common import ROOT  # noqa: E402
 
 MiB = 1024 * 1024
 BENCH_KEY = "models/checkpoints/bench.safetensors"
