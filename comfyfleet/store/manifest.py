@@ -32,8 +32,9 @@ MANIFEST_KEY = "manifest.json"
 MANIFEST_VERSION = 1
 
 
-class ManifestEntry(BaseModel):
-    """One verified file in the store."""
+class StoredFile(BaseModel):
+    """A model file as every manifest names it: catalog id, store key, ComfyUI folder and
+    file, size and sha256 (the store's ``manifest.json``; a baked image's manifest too)."""
 
     # Unknown fields from a newer writer are dropped rather than refused.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -44,10 +45,6 @@ class ManifestEntry(BaseModel):
     file: str
     size: int = Field(ge=0)
     sha256: str
-    source: str
-    revision: str | None = None
-    mirrored_at: datetime
-    etag: str = ""
 
     @field_validator("key")
     @classmethod
@@ -61,6 +58,15 @@ class ManifestEntry(BaseModel):
         if not is_sha256(value):
             raise ValueError("sha256 must be 64 hex digits")
         return value
+
+
+class ManifestEntry(StoredFile):
+    """One verified file in the store."""
+
+    source: str
+    revision: str | None = None
+    mirrored_at: datetime
+    etag: str = ""
 
 
 class Manifest(BaseModel):
