@@ -24,12 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# The repository on sys.path and telemetry off, before any library is imported.
+# bench/_common.py puts the repository on sys.path and turns telemetry off, before any
+# library is imported; this folder goes on sys.path first, however the file was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402, F401
 
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402

@@ -33,7 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-# The repository on sys.path and telemetry off, before any library is imported.
+# bench/_common.py puts the repository on sys.path and turns telemetry off, before any
+# library is imported; this folder goes on sys.path first, however the file was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, find_s5cmd  # noqa: E402
 
 MiB = 1024 * 1024

@@ -41,7 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# The repository on sys.path and telemetry off, before any library is imported.
+# bench/_common.py puts the repository on sys.path and turns telemetry off, before any
+# library is imported; this folder goes on sys.path first, however the file was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402, F401
 
 from comfyfleet.pull.transfer import MiB, PullSettings, plan_pull, pull  # noqa: E402

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from comfyfleet.store.base import ObjectInfo, ObjectStore, check_key
 
 MANIFEST_KEY = "manifest.json"
 MANIFEST_VERSION = 1
+_HEADS_AT_ONCE = 8  # concurrent heads when checking entries against the store
 
 
 class StoredFile(BaseModel):
@@ -141,11 +143,16 @@ def stale_entries(
 ) -> list[tuple[ManifestEntry, str]]:
     """Entries whose object is missing or no longer the mirrored bytes, each with the fix.
 
-    For readers of the manifest (a warm-up planning its pull): one ``head`` per entry.
+    For readers of the manifest (a warm-up planning its pull): one ``head`` per entry, a
+    few at once, so a profile of twenty files costs about one round trip, not twenty.
     """
+    wanted = list(entries)
+    if not wanted:
+        return []
+    with ThreadPoolExecutor(max_workers=min(_HEADS_AT_ONCE, len(wanted))) as pool:
+        infos = list(pool.map(lambda e: store.exists(e.key), wanted))
     stale: list[tuple[ManifestEntry, str]] = []
-    for entry in entries:
-        info = store.exists(entry.key)
+    for entry, info in zip(wanted, infos, strict=True):
         if info is None:
             stale.append((entry, f"{entry.key} is missing; `comfyfleet mirror --only {entry.id}`"))
         elif not entry_matches(entry, info):
