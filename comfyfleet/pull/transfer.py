@@ -68,6 +68,7 @@ from comfyfleet.errors import (
 from comfyfleet.files import STATE_DIR, fsync_dir, is_sha256, write_atomic
 from comfyfleet.pull.disk import device_of, existing_parent, free_bytes, preflight
 from comfyfleet.pull.httprange import PresignedRangeReader
+from comfyfleet.pull.writeback import WriteBehind
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.units import format_bytes
 
@@ -591,6 +592,7 @@ class _FileJob:
         self.resumed_bytes = 0
         self.fd: int | None = None  # buffered: lock, allocate, tails, fsync, read back
         self.dfd: int | None = None  # O_DIRECT: the aligned bulk of every range
+        self.behind: WriteBehind | None = None  # buffered: start each range's writeback
         self.fd_users = 0
         self.failed: BaseException | None = None
         self.finishing = False
@@ -630,6 +632,8 @@ class _FileJob:
                 todo = list(range(len(self.ranges)))
             if todo and self.settings.direct_io and self.settings.range_size % _ALIGN == 0:
                 self.dfd = _open_direct(item.part)
+            if todo and self.dfd is None and self.settings.fsync:
+                self.behind = WriteBehind(fd, window=self.settings.max_workers)
         except BaseException:
             os.close(fd)
             raise
@@ -666,6 +670,8 @@ class _FileJob:
                 bulk = 0
         if bulk < len(view):
             _pwrite_all(fd, view[bulk:], offset + bulk)
+            if self.behind is not None:
+                self.behind.written(offset + bulk, len(view) - bulk)
 
     def close(self) -> None:
         """Close the fds once no worker is in an IO on them (the numbers could be reused)."""
