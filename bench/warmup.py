@@ -402,6 +402,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 if name in COLD:
                     cache_note = drop_caches()
                 times[name].append(timed(fn, cpu[name]))
+        fresh(workdir / "target")  # a download, so the reader in use is known
         extra["reader"] = pull(items[:1], store, settings=settings, preflight_fn=None).reader
         if not args.in_netns:
             extra.update(all_present(items, store, settings, ours(settings), args.runs, workdir))

@@ -68,7 +68,7 @@ from comfyfleet.errors import (
 from comfyfleet.files import STATE_DIR, fsync_dir, is_sha256, write_atomic
 from comfyfleet.pull.disk import device_of, existing_parent, free_bytes, preflight
 from comfyfleet.pull.httprange import PresignedRangeReader
-from comfyfleet.pull.writeback import WriteBehind
+from comfyfleet.pull.writeback import WriteBehind, libc_sync_file_range
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.units import format_bytes
 
@@ -633,7 +633,9 @@ class _FileJob:
             if todo and self.settings.direct_io and self.settings.range_size % _ALIGN == 0:
                 self.dfd = _open_direct(item.part)
             if todo and self.dfd is None and self.settings.fsync:
-                self.behind = WriteBehind(fd, window=self.settings.max_workers)
+                self.behind = WriteBehind(
+                    fd, window=self.settings.max_workers, syscall=libc_sync_file_range()
+                )
         except BaseException:
             os.close(fd)
             raise

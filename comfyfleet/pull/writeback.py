@@ -62,9 +62,9 @@ def _load_sync_file_range() -> SyncFileRange | None:
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
 
-def sync_file_range_available() -> bool:
-    """Whether this C library has ``sync_file_range`` (the filesystem may still refuse it)."""
-    return _SYNC_FILE_RANGE is not None
+def libc_sync_file_range() -> SyncFileRange | None:
+    """This C library's ``sync_file_range``, or ``None`` (the filesystem may still refuse it)."""
+    return _SYNC_FILE_RANGE
 
 
 class WriteBehind:
@@ -73,13 +73,11 @@ class WriteBehind:
     Thread-safe: the pull's workers write ranges of one file in parallel and out of order;
     each starts its own range's writeback and then waits for the oldest range beyond
     ``window`` (that wait is the back-pressure that keeps dirty memory bounded).
-    ``syscall`` is injectable for tests; ``None`` (no ``sync_file_range`` here) makes every
-    call a no-op.
+    ``syscall`` is ``libc_sync_file_range()``; ``None`` (no ``sync_file_range`` here) makes
+    every call a no-op.
     """
 
-    def __init__(
-        self, fd: int, *, window: int, syscall: SyncFileRange | None = _SYNC_FILE_RANGE
-    ) -> None:
+    def __init__(self, fd: int, *, window: int, syscall: SyncFileRange | None) -> None:
         self.fd = fd
         self.window = max(1, window)
         self._syscall = syscall

@@ -542,12 +542,14 @@ def child_env() -> Iterator[dict[str, str]]:
     yield env
 
 
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "buffered"])
 def test_killed_mid_file_resumes(
     store: ObjectStore,
     comfy: Path,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     child_env: dict[str, str],
+    direct_io: bool,
 ) -> None:
     small = blob(RS + 5, 20)
     big = blob(48 * RS + 11, 21)
@@ -568,7 +570,12 @@ def test_killed_mid_file_resumes(
             }
             for i in items
         ],
-        "settings": {"range_size": RS, "max_workers": 2, "journal_interval_s": 0},
+        "settings": {
+            "range_size": RS,
+            "max_workers": 2,
+            "journal_interval_s": 0,
+            "direct_io": direct_io,
+        },
         "delay_s": 0.01,
     }
     (tmp_path / "child.json").write_text(json.dumps(config))
