@@ -396,8 +396,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         times: dict[str, list[float]] = {k: [] for k in variants}
         cpu: dict[str, list[float]] = {k: [] for k in variants}
         cache_note: str | None = None
-        for _ in range(args.runs):  # interleaved, so drift hits every variant alike
-            for name, fn in variants.items():
+        names = list(variants)
+        for run in range(args.runs):
+            # Interleaved, so drift hits every variant alike, and rotated, so no variant always
+            # follows the same one (the one before leaves writeback and cache state behind).
+            for name in names[run % len(names) :] + names[: run % len(names)]:
+                fn = variants[name]
                 fresh(workdir / "target")
                 if name in COLD:
                     cache_note = drop_caches()

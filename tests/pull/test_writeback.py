@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import comfyfleet.pull.transfer as transfer
 import comfyfleet.pull.writeback as writeback
 from comfyfleet.pull.transfer import PullSettings, hash_file, plan_pull, pull
 from comfyfleet.pull.writeback import (
@@ -139,13 +140,14 @@ def test_buffered_pull_uses_write_behind_when_there_is_one(
     items = plan_pull([_entry(local_store, data)], tmp_path / "ComfyUI")
     rec = Recorder(real=writeback.libc_sync_file_range())
     monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", rec if available else None)
+    monkeypatch.setattr(transfer, "WRITE_BEHIND_BYTES", 4 * RS)  # waits 4 ranges back
     settings = PullSettings(range_size=RS, max_workers=3, direct_io=False)
     report = pull(items, local_store, settings=settings)
     assert report.ok and hash_file(items[0].dest) == hashlib.sha256(data).hexdigest()
     if available:
         started = sorted((o, n) for o, n, f in rec.calls if f == SYNC_FILE_RANGE_WRITE)
         assert started == [(s, min(RS, len(data) - s)) for s in range(0, len(data), RS)]
-        assert sum(1 for *_, f in rec.calls if f == WAIT) == 10 - 3  # all but the last window
+        assert sum(1 for *_, f in rec.calls if f == WAIT) == 10 - 4  # all but the last window
     else:
         assert rec.calls == []
 
