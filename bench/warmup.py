@@ -15,7 +15,7 @@ writes ``manifest.json``, and times, in the same run, median of ``--runs`` each,
   (f) ``s5cmd cp`` + read    a cold start by hand: copy, then the model load reads every file
   (f') (f) with a sync between (held to our durability)
   (g) ``pull`` + read        our cold start: the pull, then the model load's read
-  (g') (g) on the other write path (``--write-path direct|buffered``)
+  (g') (g) on the other write paths (``--write-path direct|buffered|write-behind``)
 
 (f), (f'), (g), (g') start from an empty page cache (``sync; echo 3 >
 /proc/sys/vm/drop_caches``; the output says so where the host does not permit it). With
@@ -281,12 +281,20 @@ LABELS = {
     "s5cmd_read": "(f) s5cmd cp + read",
     "s5cmd_sync_read": "(f') s5cmd cp + sync + read",
     "pull_read": "(g) pull + read",
-    "pull_read_other": "(g') pull + read, other path",
+    "pull_read_direct": "(g') pull + read, direct",
+    "pull_read_buffered": "(g') pull + read, buffered",
+    "pull_read_write-behind": "(g') pull + read, write-behind",
+}
+# The write paths (--write-path): PullSettings fields of each.
+WRITE_PATHS = {
+    "direct": {"direct_io": True, "write_behind": False},
+    "buffered": {"direct_io": False, "write_behind": False},
+    "write-behind": {"direct_io": False, "write_behind": True},
 }
 # Inside a capped link every byte costs seconds: the variants the link question needs.
 LINK_VARIANTS = ("pull", "s5cmd", "s5cmd_sync", "s5cmd_read", "pull_read")
 # The cold-start variants start from an empty page cache (the host just booted).
-COLD = ("s5cmd_read", "s5cmd_sync_read", "pull_read", "pull_read_other")
+COLD = ("s5cmd_read", "s5cmd_sync_read", "pull_read", *(f"pull_read_{p}" for p in WRITE_PATHS))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -298,9 +306,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=PullSettings.max_workers)
     parser.add_argument(
         "--write-path",
-        choices=("direct", "buffered"),
-        default="direct" if PullSettings.direct_io else "buffered",
-        help="(a), (b), (g): O_DIRECT, or buffered with write-behind; (g') takes the other",
+        choices=tuple(WRITE_PATHS),
+        default=next(
+            name
+            for name, fields in WRITE_PATHS.items()
+            if all(getattr(PullSettings, k) == v for k, v in fields.items())
+        ),
+        help="(a), (b), (g): O_DIRECT, buffered (one fsync at the end), or buffered with "
+        "write-behind (default: PullSettings'); (g') takes the others",
     )
     parser.add_argument(
         "--boto3", action="store_true", help="pull with store.get_range, not presigned reads"
@@ -342,14 +355,12 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Upload the set, time every variant (interleaved, median of ``--runs``), and (outside a
     capped link) the everything-present pulls; returns the figures."""
-    direct = args.write_path == "direct"
     settings = PullSettings(
         range_size=args.range_mb * MiB,
         max_workers=args.workers,
-        direct_io=direct,
         fast_http=not args.boto3,
+        **WRITE_PATHS[args.write_path],
     )
-    other = dataclasses.replace(settings, direct_io=not direct)
     files = generate(workdir / "src", args.size_mb * MiB, args.files)
     total = sum(size for _, _, size, _ in files)
     expected = {name: sha for name, _, _, sha in files}
@@ -401,8 +412,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "s5cmd_read": then(s5cmd, check_read(s5_dest)),
             "s5cmd_sync_read": then(s5cmd, sync, check_read(s5_dest)),
             "pull_read": then(ours(settings), check_read(comfy)),
-            "pull_read_other": then(ours(other), check_read(comfy)),
         }
+        for path, fields in WRITE_PATHS.items():  # (g'): the other write paths
+            if path != args.write_path:
+                other = dataclasses.replace(settings, **fields)
+                variants[f"pull_read_{path}"] = then(ours(other), check_read(comfy))
         if args.in_netns:
             variants = {k: v for k, v in variants.items() if k in LINK_VARIANTS}
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -476,7 +490,7 @@ def figures_of(
         "(d)/(a)": speed("pull", "s5cmd_sha256sum"),  # a time ratio: (d) takes this much longer
         "(g)/(f)": speed("pull_read", "s5cmd_read"),
         "(g)/(f')": speed("pull_read", "s5cmd_sync_read"),
-        "(g)/(g')": speed("pull_read", "pull_read_other"),
+        **{f"(g)/(g' {p})": speed("pull_read", f"pull_read_{p}") for p in WRITE_PATHS},
     }
     targets = {
         "(a)/(c)": 0.97 if args.in_netns else 0.9,
@@ -517,7 +531,7 @@ def print_figures(f: dict[str, Any]) -> None:
     print(
         f"set: {f['files']} files, {f['size_bytes'] / MiB:.0f} MiB; {f['cpus']} CPUs, load "
         f"{' '.join(f'{x:.2f}' for x in f['load'])}; range {f['range_mb']} MiB x {f['workers']} "
-        f"workers; reads: {f['reader']}; write path: {f['write_path']} ((g') the other); "
+        f"workers; reads: {f['reader']}; write path: {f['write_path']} ((g') the others); "
         f"median of {f['runs']}"
     )
     if f["drop_caches"] != "done":

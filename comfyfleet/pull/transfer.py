@@ -77,10 +77,10 @@ MiB = 1024 * 1024
 # O_DIRECT needs buffers, offsets and lengths aligned to the device's logical block size;
 # 4096 covers 512-byte and 4K devices alike.
 _ALIGN = 4096
-# Buffered writes: how far behind the newest range the pull waits for writeback (bounds the
-# dirty memory per file and what the fsync before the rename has left to flush). Waiting
-# closer (8 ranges, 128 MiB) measured slower on a 1 GiB file: the waits stall the workers.
-WRITE_BEHIND_BYTES = 512 * MiB
+# Write-behind: how far behind the newest range a worker waits for writeback (bounds the
+# dirty memory per file); None: never waits, only starts each range's writeback. Measured
+# (issue 11, 1 GiB in 2 files, median of 5): waiting 512 MiB behind 4.0 s, no waits 2.9 s.
+WRITE_BEHIND_WAIT_BYTES: int | None = None
 PART_SUFFIX = ".part"
 JOURNAL_SUFFIX = ".part.journal"
 MARKERS_DIR = "markers"
@@ -109,17 +109,19 @@ class PullSettings:
     - ``fsync``: make data durable before the rename and before each journal write.
     - ``hash``: ``False`` switches sha256 off entirely (benchmarks only: nothing is verified
       and no marker is written).
-    - ``direct_io``: the write path. ``False`` (the default): buffered writes with
-      write-behind (``writeback.WriteBehind``: each range's writeback starts as soon as it is
-      written, ranges ``WRITE_BEHIND_BYTES`` back are waited for) and one fsync before the
-      rename; the files stay in the page cache, so ComfyUI's model load right after the pull
-      is a memory copy. ``True``: the block-aligned bulk of each range with ``O_DIRECT``
-      where the filesystem allows it (else buffered, silently): no page-cache copy (about 1
-      CPU-s per GiB on a small VM) and no dirty pages, but ComfyUI then reads every file from
-      disk. Chosen by measurement (issue 11; 2-core VM, shared, load 6-8, caches dropped,
-      pull + read every file, median of 5): one 1 GiB file 2.39 s buffered vs 2.90 s direct
-      (the read alone 0.04 s vs 1.20 s); 6 files, 512 MiB, both within noise (1.2-1.4 s).
-      Durability is the same on both paths: fdatasync before each journal write, fsync
+    - ``direct_io`` and ``write_behind``: the write path, chosen by measurement (issue 11:
+      what a cold start pays is the pull *and* ComfyUI's read of every file right after it).
+      Default (``direct_io=False, write_behind=True``): buffered writes, each range's
+      writeback started as soon as it is written (``writeback.WriteBehind``,
+      ``sync_file_range``), one fsync before the rename; the files stay in the page cache, so
+      the model load is a memory copy. ``write_behind=False``: plain buffered, the fsync
+      flushes the whole file at the end. ``direct_io=True``: the block-aligned bulk of each
+      range with ``O_DIRECT`` where the filesystem allows it (else buffered, silently): no
+      page-cache copy (about 0.2 CPU-s less per GiB here) but ComfyUI then reads every file
+      from disk. Measured on the 2-core VM (shared, load 5-9, caches dropped, pull + read,
+      median of 5): 1 GiB in 2 files 2.86 s write-behind, 3.25 s buffered, 3.49 s direct
+      (the read alone 0.07 s vs 1.11 s); 512 MiB in 6 files all within noise (1.2-1.4 s).
+      Durability is the same on every path: fdatasync before each journal write, fsync
       before the rename.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
       (``httprange``) when the store can presign; falls back to ``store.get_range`` (boto3)
@@ -135,6 +137,7 @@ class PullSettings:
     fsync: bool = True
     hash: bool = True
     direct_io: bool = False
+    write_behind: bool = True
     fast_http: bool = True
     buffered_ranges: int | None = None
     journal_interval_s: float = 2.0
@@ -645,8 +648,9 @@ class _FileJob:
             rs = self.settings.range_size
             if todo and self.settings.direct_io and rs % _ALIGN == 0:
                 self.dfd = _open_direct(item.part)
-            if todo and self.dfd is None and self.settings.fsync:
-                window = max(self.settings.max_workers, WRITE_BEHIND_BYTES // rs)
+            if todo and self.dfd is None and self.settings.fsync and self.settings.write_behind:
+                wait = WRITE_BEHIND_WAIT_BYTES
+                window = None if wait is None else max(self.settings.max_workers, wait // rs)
                 self.behind = WriteBehind(fd, window=window, syscall=libc_sync_file_range())
         except BaseException:
             os.close(fd)
@@ -669,8 +673,8 @@ class _FileJob:
                 self.fd_free.notify_all()
 
     def write(self, fd: int, view: memoryview, offset: int) -> None:
-        """Write one range: buffered, then its writeback started (write-behind); or, with
-        ``direct_io``, its block-aligned bulk with O_DIRECT and the unaligned tail of a
+        """Write one range: buffered, then its writeback started (``write_behind``); or,
+        with ``direct_io``, its block-aligned bulk with O_DIRECT and the unaligned tail of a
         file's last range buffered."""
         dfd = self.dfd
         bulk = len(view) // _ALIGN * _ALIGN if dfd is not None else 0

@@ -60,6 +60,14 @@ def test_each_range_is_started_and_the_one_a_window_back_waited_for() -> None:
     ]
 
 
+def test_without_a_window_each_range_is_only_started() -> None:
+    rec = Recorder()
+    behind = WriteBehind(3, window=None, syscall=rec)
+    for i in range(4):
+        behind.written(i * 10, 10)
+    assert rec.calls == [(i * 10, 10, SYNC_FILE_RANGE_WRITE) for i in range(4)]
+
+
 @pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP])
 def test_a_refusing_kernel_or_filesystem_switches_write_behind_off(code: int) -> None:
     rec = Recorder(fail=code)
@@ -140,8 +148,8 @@ def test_buffered_pull_uses_write_behind_when_there_is_one(
     items = plan_pull([_entry(local_store, data)], tmp_path / "ComfyUI")
     rec = Recorder(real=writeback.libc_sync_file_range())
     monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", rec if available else None)
-    monkeypatch.setattr(transfer, "WRITE_BEHIND_BYTES", 4 * RS)  # waits 4 ranges back
-    settings = PullSettings(range_size=RS, max_workers=3, direct_io=False)
+    monkeypatch.setattr(transfer, "WRITE_BEHIND_WAIT_BYTES", 4 * RS)  # waits 4 ranges back
+    settings = PullSettings(range_size=RS, max_workers=3, direct_io=False, write_behind=True)
     report = pull(items, local_store, settings=settings)
     assert report.ok and hash_file(items[0].dest) == hashlib.sha256(data).hexdigest()
     if available:
@@ -152,16 +160,18 @@ def test_buffered_pull_uses_write_behind_when_there_is_one(
         assert rec.calls == []
 
 
-def test_direct_pull_does_not_use_write_behind(
-    local_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "buffered"])
+def test_only_the_write_behind_path_calls_sync_file_range(
+    local_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: bool
 ) -> None:
     data = random.Random(6).randbytes(4 * RS)
     items = plan_pull([_entry(local_store, data)], tmp_path / "ComfyUI")
     rec = Recorder(real=writeback.libc_sync_file_range())
     monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", rec)
-    report = pull(items, local_store, settings=PullSettings(range_size=RS, direct_io=True))
+    settings = PullSettings(range_size=RS, direct_io=direct_io, write_behind=False)
+    report = pull(items, local_store, settings=settings)
     assert report.ok and items[0].dest.read_bytes() == data
-    if os.uname().sysname == "Linux" and not _is_tmpfs(tmp_path):
+    if not direct_io or (os.uname().sysname == "Linux" and not _is_tmpfs(tmp_path)):
         assert rec.calls == []
 
 
