@@ -561,7 +561,7 @@ def print_figures(f: dict[str, Any]) -> None:
         target = ""
         if name in met:
             target = f"  (target >= {met[name][0]}: {'met' if met[name][1] else 'MISSED'})"
-        print(f"  {name:9s} {kinds.get(name, 'speed ratio'):11s} {value:6.2f}x{target}")
+        print(f"  {name:17s} {kinds.get(name, 'speed ratio'):11s} {value:6.2f}x{target}")
     if f["hashing_cost"] is not None:
         print(f"  hashing cost (a vs b)          {f['hashing_cost'] * 100:+.1f}%")
     if "all_present_s" in f:
