@@ -117,10 +117,17 @@ class PullSettings:
       the model load is a memory copy. ``write_behind=False``: plain buffered, the fsync
       flushes the whole file at the end. ``direct_io=True``: the block-aligned bulk of each
       range with ``O_DIRECT`` where the filesystem allows it (else buffered, silently): no
-      page-cache copy (about 0.2 CPU-s less per GiB here) but ComfyUI then reads every file
-      from disk. Measured on the 2-core VM (shared, load 5-9, caches dropped, pull + read,
-      median of 5): 1 GiB in 2 files 2.86 s write-behind, 3.25 s buffered, 3.49 s direct
-      (the read alone 0.07 s vs 1.11 s); 512 MiB in 6 files all within noise (1.2-1.4 s).
+      page-cache copy (about 0.2-0.3 client CPU-s less per GiB here) but ComfyUI then reads
+      every file from disk. Measured on the 2-core VM (shared with other jobs, load 5-10,
+      caches dropped, pull + read every file, variants interleaved): 1 GiB in 2 files,
+      median of 12-17 runs over three sessions, 2.93 s write-behind, 2.99 s buffered, 3.22 s
+      direct (the read alone 0.06 s vs 0.7-1.2 s), though the last 7-run session alone had
+      direct ahead (2.79 vs 3.05 s); 512 MiB in 6 files, all three within noise (1.2-2.0 s,
+      direct's read 0.25-0.29 s). So on 2 cores it is close to a tie; the default follows
+      the hosts that matter, many cores and multi-GB files, where O_DIRECT writes were the
+      limit (issue 11: 0.45-0.52x bare s5cmd on a 16-core host) and the read-back from disk
+      grows with the file. Waiting for writeback in the workers (``WRITE_BEHIND_WAIT_BYTES``)
+      measured slowest (4.0-4.3 s on the 1 GiB set).
       Durability is the same on every path: fdatasync before each journal write, fsync
       before the rename.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
