@@ -31,8 +31,8 @@ fsync it did not do), the hash catches it and the retry starts from scratch.
 defaults): each range is received into one of that many page-aligned buffers, which goes
 back to the pool once the hasher has consumed it. Ranges are read with presigned URLs
 straight into those buffers when the store can presign (``httprange``), else with
-``store.get_range``; they are written through the page cache with write-behind
-(``writeback``), or with ``O_DIRECT`` (``direct_io``), see ``PullSettings``.
+``store.get_range``; they are written with ``O_DIRECT`` (``direct_io``), or through the
+page cache with write-behind (``writeback``): see ``PullSettings`` for the measurements.
 
 **Concurrency**: every ``.part`` is ``flock``-ed while written, so two processes can never
 write the same file; the warm-up also holds ``lock.RootLock`` for the whole root.
@@ -111,23 +111,24 @@ class PullSettings:
       and no marker is written).
     - ``direct_io`` and ``write_behind``: the write path, chosen by measurement (issue 11:
       what a cold start pays is the pull *and* ComfyUI's read of every file right after it).
-      Default (``direct_io=False, write_behind=True``): buffered writes, each range's
-      writeback started as soon as it is written (``writeback.WriteBehind``,
-      ``sync_file_range``), one fsync before the rename; the files stay in the page cache, so
-      the model load is a memory copy. ``write_behind=False``: plain buffered, the fsync
-      flushes the whole file at the end. ``direct_io=True``: the block-aligned bulk of each
-      range with ``O_DIRECT`` where the filesystem allows it (else buffered, silently): no
-      page-cache copy (about 0.2-0.3 client CPU-s less per GiB here) but ComfyUI then reads
-      every file from disk. Measured on the 2-core VM (shared with other jobs, load 5-10,
-      caches dropped, pull + read every file, variants interleaved): 1 GiB in 2 files,
-      median of 12-17 runs over three sessions, 2.93 s write-behind, 2.99 s buffered, 3.22 s
-      direct (the read alone 0.06 s vs 0.7-1.2 s), though the last 7-run session alone had
-      direct ahead (2.79 vs 3.05 s); 512 MiB in 6 files, all three within noise (1.2-2.0 s,
-      direct's read 0.25-0.29 s). So on 2 cores it is close to a tie; the default follows
-      the hosts that matter, many cores and multi-GB files, where O_DIRECT writes were the
-      limit (issue 11: 0.45-0.52x bare s5cmd on a 16-core host) and the read-back from disk
-      grows with the file. Waiting for writeback in the workers (``WRITE_BEHIND_WAIT_BYTES``)
-      measured slowest (4.0-4.3 s on the 1 GiB set).
+      Default (``direct_io=True``): the block-aligned bulk of each range with ``O_DIRECT``
+      where the filesystem allows it (else buffered, silently): no page-cache copy and no
+      IO submission on the pull's CPU, but ComfyUI then reads every file from disk.
+      ``direct_io=False``: buffered writes, the files stay in the page cache (the model load
+      is a memory copy); with ``write_behind`` (the default there) each range's writeback is
+      started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), else
+      the fsync before the rename flushes the whole file. Measured on the shared 2-core VM
+      (load 5-10, caches dropped, pull + read every file, variants interleaved), 512 MiB in
+      6 files, ``bench/warmup.py`` median of 3, in two sessions: direct 1.67 / 2.38 s,
+      buffered 1.72 / 3.06 s, write-behind 2.07 / 3.94 s, with 0.8 client CPU-s for direct
+      against 1.3-1.9 for write-behind: on a CPU-starved box the page-cache copy and the IO
+      submission cost more than the read-back from disk saves (0.25-0.3 s for 512 MiB).
+      Longer paired runs were closer (1 GiB in 2 files, median of 12-17 runs over three
+      sessions: write-behind 2.93 s, buffered 2.99 s, direct 3.22 s; read-back alone 0.06 s
+      vs 0.7-1.2 s), so on a many-core host with multi-GB files, where O_DIRECT writes were
+      the limit (issue 11: 0.45-0.52x bare s5cmd on a 16-core host), try
+      ``direct_io=False``. Waiting for writeback in the workers (``WRITE_BEHIND_WAIT_BYTES``)
+      measured slowest (4.0-4.3 s on the 1 GiB set), so write-behind only starts it.
       Durability is the same on every path: fdatasync before each journal write, fsync
       before the rename.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
@@ -143,7 +144,7 @@ class PullSettings:
     verify: Literal["fast", "full"] = "fast"
     fsync: bool = True
     hash: bool = True
-    direct_io: bool = False
+    direct_io: bool = True
     write_behind: bool = True
     fast_http: bool = True
     buffered_ranges: int | None = None

@@ -218,7 +218,8 @@ class WarmupOptions:
         default=True,
         metadata=_cli(
             "--no-direct-io",
-            "write through the page cache (no O_DIRECT): the files stay cached for ComfyUI",
+            "write through the page cache with write-behind (no O_DIRECT): the files stay "
+            "cached for ComfyUI (faster where cores are to spare and files are large)",
             negate=True,
         ),
     )
