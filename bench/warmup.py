@@ -307,11 +307,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--write-path",
         choices=tuple(WRITE_PATHS),
-        default=next(
-            name
-            for name, fields in WRITE_PATHS.items()
-            if all(getattr(PullSettings, k) == v for k, v in fields.items())
-        ),
+        default="direct"
+        if PullSettings.direct_io
+        else "write-behind"
+        if PullSettings.write_behind
+        else "buffered",
         help="(a), (b), (g): O_DIRECT, buffered (one fsync at the end), or buffered with "
         "write-behind (default: PullSettings'); (g') takes the others",
     )

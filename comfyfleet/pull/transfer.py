@@ -119,16 +119,16 @@ class PullSettings:
       started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), else
       the fsync before the rename flushes the whole file. Measured on the shared 2-core VM
       (load 5-10, caches dropped, pull + read every file, variants interleaved), 512 MiB in
-      6 files, ``bench/warmup.py`` median of 3, in two sessions: direct 1.67 / 2.38 s,
-      buffered 1.72 / 3.06 s, write-behind 2.07 / 3.94 s, with 0.8 client CPU-s for direct
-      against 1.3-1.9 for write-behind: on a CPU-starved box the page-cache copy and the IO
-      submission cost more than the read-back from disk saves (0.25-0.3 s for 512 MiB).
-      Longer paired runs were closer (1 GiB in 2 files, median of 12-17 runs over three
-      sessions: write-behind 2.93 s, buffered 2.99 s, direct 3.22 s; read-back alone 0.06 s
-      vs 0.7-1.2 s), so on a many-core host with multi-GB files, where O_DIRECT writes were
-      the limit (issue 11: 0.45-0.52x bare s5cmd on a 16-core host), try
-      ``direct_io=False``. Waiting for writeback in the workers (``WRITE_BEHIND_WAIT_BYTES``)
-      measured slowest (4.0-4.3 s on the 1 GiB set), so write-behind only starts it.
+      6 files, ``bench/warmup.py`` median of 3, six sessions: direct 1.21-2.66 s,
+      write-behind 1.35-3.94 s, each path ahead in three sessions (swings of +-50% from the
+      other jobs on the box); client CPU is the steady difference, 0.7-0.8 s direct against
+      1.1-1.9 s write-behind, so on a CPU-starved box O_DIRECT stays the default. 1 GiB in
+      2 files, median of 12-17 runs over three sessions: write-behind 2.93 s, buffered
+      2.99 s, direct 3.22 s (read-back alone 0.06 s vs 0.7-1.2 s): on a many-core host with
+      multi-GB files, where O_DIRECT writes were the limit (issue 11: 0.45-0.52x bare s5cmd
+      on a 16-core host), try ``direct_io=False``. Waiting for writeback in the workers
+      (``WRITE_BEHIND_WAIT_BYTES``) measured slowest (4.0-4.3 s on the 1 GiB set), so
+      write-behind only starts it.
       Durability is the same on every path: fdatasync before each journal write, fsync
       before the rename.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
