@@ -118,13 +118,15 @@ class PullSettings:
       is a memory copy); with ``write_behind`` (the default there) each range's writeback is
       started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), else
       the fsync before the rename flushes the whole file. Measured on the shared 2-core VM
-      (load 5-10, caches dropped, pull + read every file, variants interleaved), 512 MiB in
-      6 files, ``bench/warmup.py`` median of 3, six sessions: direct 1.21-2.66 s,
-      write-behind 1.35-3.94 s, each path ahead in three sessions (swings of +-50% from the
-      other jobs on the box); client CPU is the steady difference, 0.7-0.8 s direct against
-      1.1-1.9 s write-behind, so on a CPU-starved box O_DIRECT stays the default. 1 GiB in
-      2 files, median of 12-17 runs over three sessions: write-behind 2.93 s, buffered
-      2.99 s, direct 3.22 s (read-back alone 0.06 s vs 0.7-1.2 s): on a many-core host with
+      (load 5-10, caches dropped, pull + read every file), 512 MiB in 6 files,
+      ``bench/warmup.py --runs 5`` with the variants' order shuffled per run: direct 1.77 s,
+      write-behind 1.98 s, buffered 2.20 s, client CPU 0.94 / 1.33 / 1.60 s: on a
+      CPU-starved box the page-cache copy and the IO submission cost more than the read-back
+      from disk saves (0.25-0.3 s for 512 MiB), so O_DIRECT stays the default. (Earlier
+      sessions with a fixed order swung +-40% with whichever path ran right after s5cmd.)
+      1 GiB in 2 files, median of 12-17 runs over three sessions: write-behind 2.93 s,
+      buffered 2.99 s, direct 3.22 s (read-back alone 0.06 s vs 0.7-1.2 s): on a many-core
+      host with
       multi-GB files, where O_DIRECT writes were the limit (issue 11: 0.45-0.52x bare s5cmd
       on a 16-core host), try ``direct_io=False``. Waiting for writeback in the workers
       (``WRITE_BEHIND_WAIT_BYTES``) measured slowest (4.0-4.3 s on the 1 GiB set), so
