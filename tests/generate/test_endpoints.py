@@ -240,3 +240,43 @@ def test_a_token_rotated_midway_drops_that_endpoint_and_its_job_runs_elsewhere(
     assert sorted(r["id"] for r in rows) == [j.id for j in jobs]
     for job in jobs:
         assert len(list(local_store.list(f"outputs/rot/{job.id}/"))) == 1
+
+
+def test_end_game_leaves_the_last_jobs_to_clearly_faster_endpoints() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from comfyfleet.generate.batch import _Endpoint, _Engine, _Entry
+
+    def endpoint(name: str, prompt_s: float | None, inflight: int) -> Any:
+        client: Any = SimpleNamespace(base_url=f"http://{name}")
+        ep = _Endpoint(BatchEndpoint(client, name=name, loras=object()), None, None)  # type: ignore[arg-type]
+        ep.prompt_s, ep.inflight = prompt_s, inflight
+        return ep
+
+    fast_a, fast_b = endpoint("a", 0.05, 2), endpoint("b", 0.05, 2)
+    slow, twin = endpoint("slow", 0.1, 2), endpoint("twin", 0.045, 2)
+    engine = _Engine(
+        endpoints=[fast_a, fast_b, slow, twin], store=None, batch_id="b",  # type: ignore[arg-type]
+        options=BatchOptions(), ledger=None, on_event=None, total=0, done=0,  # type: ignore[arg-type]
+    )  # fmt: skip
+    job: Any = SimpleNamespace(id="j")
+    engine._ready.extend(_Entry(job, n) for n in range(3))
+    # 3 jobs left, 3 endpoints twice as fast with 2 queued each: they finish one sooner.
+    assert engine._leave_to_faster(slow)
+    # About the same speed: never held back (no livelock between equals).
+    assert not engine._leave_to_faster(fast_a) and not engine._leave_to_faster(twin)
+    # Many jobs left: the slow one takes its share.
+    engine._ready.extend(_Entry(job, n) for n in range(3, 10))
+    assert not engine._leave_to_faster(slow)
+    # An idle slow endpoint finishes sooner than busy fast ones: it takes the job.
+    while len(engine._ready) > 1:
+        engine._ready.pop()
+    slow.inflight = 0
+    fast_a.inflight = fast_b.inflight = twin.inflight = 2
+    assert not engine._leave_to_faster(slow)
+    # Faster endpoints that are down or dropped do not count; nor does an unmeasured one.
+    slow.inflight = 2
+    fast_a.down_since, fast_b.dropped, twin.dropped = 1.0, "gone", "gone"
+    assert not engine._leave_to_faster(slow)
+    assert not engine._leave_to_faster(endpoint("new", None, 0))
