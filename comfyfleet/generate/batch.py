@@ -237,6 +237,7 @@ class _Endpoint:
         self.dropped = ""
         self.inflight = 0  # jobs its feeders hold (submitted or about to be)
         self.prompt_s: float | None = None  # moving average of its prompts' execution time
+        self.last_done = time.monotonic()  # when one of its prompts last ended
 
 
 @dataclass
@@ -404,10 +405,13 @@ class _Engine:
         """The end game: with no more jobs left than clearly faster endpoints, a slow
         endpoint does not take one that a faster endpoint would finish sooner (counting what
         each has queued), so the batch does not end waiting on the slow one. Never while many
-        jobs are left, and never between endpoints of about the same speed."""
+        jobs are left, and never between endpoints of about the same speed. A faster endpoint
+        that has finished nothing for well over its usual time (a stuck prompt) is not
+        waited for."""
         mine = ep.prompt_s
         if mine is None:
             return False
+        now = time.monotonic()
         faster = [
             o
             for o in self.endpoints
@@ -416,6 +420,7 @@ class _Engine:
             and o.down_since is None
             and o.prompt_s is not None
             and o.prompt_s < 0.8 * mine
+            and now - o.last_done < 3 * (o.inflight + 1) * o.prompt_s + 1.0
         ]
         if not faster or len(self._ready) > len(faster):
             return False
@@ -425,6 +430,7 @@ class _Engine:
     def _release_slot(self, ep: _Endpoint, prompt_s: float | None = None) -> None:
         with self._cv:
             ep.inflight -= 1
+            ep.last_done = time.monotonic()
             if prompt_s is not None and prompt_s > 0:
                 ep.prompt_s = (
                     prompt_s if ep.prompt_s is None else 0.8 * ep.prompt_s + 0.2 * prompt_s

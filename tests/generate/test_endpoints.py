@@ -275,8 +275,15 @@ def test_end_game_leaves_the_last_jobs_to_clearly_faster_endpoints() -> None:
     slow.inflight = 0
     fast_a.inflight = fast_b.inflight = twin.inflight = 2
     assert not engine._leave_to_faster(slow)
-    # Faster endpoints that are down or dropped do not count; nor does an unmeasured one.
+    # A faster endpoint silent for well over its usual time (a stuck prompt) is not waited for.
     slow.inflight = 2
+    assert engine._leave_to_faster(slow)
+    for ep in (fast_a, fast_b, twin):
+        ep.last_done -= 5.0
+    assert not engine._leave_to_faster(slow)
+    # Faster endpoints that are down or dropped do not count; nor does an unmeasured one.
+    for ep in (fast_a, fast_b, twin):
+        ep.last_done += 5.0
     fast_a.down_since, fast_b.dropped, twin.dropped = 1.0, "gone", "gone"
     assert not engine._leave_to_faster(slow)
     assert not engine._leave_to_faster(endpoint("new", None, 0))
