@@ -235,9 +235,6 @@ class _Endpoint:
         self.next_probe = 0.0
         self.probing = False
         self.dropped = ""
-        self.inflight = 0  # jobs its feeders hold (submitted or about to be)
-        self.prompt_s: float | None = None  # moving average of its prompts' execution time
-        self.last_done = time.monotonic()  # when one of its prompts last ended
 
 
 @dataclass
@@ -390,52 +387,12 @@ class _Engine:
                         continue
                     self._cv.wait(max(ep.next_probe - now, 0.01))
                     continue
-                if self._ready and not self._leave_to_faster(ep):
-                    ep.inflight += 1
-                    return self._ready.popleft()
                 if self._ready:
-                    self._cv.wait(max(0.01, (ep.prompt_s or 0.1) / 4))
-                    continue
+                    return self._ready.popleft()
                 timeout = None
                 if self._delayed:
                     timeout = max(0.0, min(d[0] for d in self._delayed) - now)
                 self._cv.wait(timeout)
-
-    def _leave_to_faster(self, ep: _Endpoint) -> bool:
-        """The end game: with no more jobs left than clearly faster endpoints, a slow
-        endpoint does not take one that a faster endpoint would finish sooner (counting what
-        each has queued), so the batch does not end waiting on the slow one. Never while many
-        jobs are left, and never between endpoints of about the same speed. A faster endpoint
-        that has finished nothing for well over its usual time (a stuck prompt) is not
-        waited for."""
-        mine = ep.prompt_s
-        if mine is None:
-            return False
-        now = time.monotonic()
-        faster = [
-            o
-            for o in self.endpoints
-            if o is not ep
-            and not o.dropped
-            and o.down_since is None
-            and o.prompt_s is not None
-            and o.prompt_s < 0.8 * mine
-            and now - o.last_done < 3 * (o.inflight + 1) * o.prompt_s + 1.0
-        ]
-        if not faster or len(self._ready) > len(faster):
-            return False
-        my_finish = (ep.inflight + 1) * mine
-        return any((o.inflight + 1) * (o.prompt_s or 0.0) < my_finish for o in faster)
-
-    def _release_slot(self, ep: _Endpoint, prompt_s: float | None = None) -> None:
-        with self._cv:
-            ep.inflight -= 1
-            ep.last_done = time.monotonic()
-            if prompt_s is not None and prompt_s > 0:
-                ep.prompt_s = (
-                    prompt_s if ep.prompt_s is None else 0.8 * ep.prompt_s + 0.2 * prompt_s
-                )
-            self._cv.notify_all()
 
     def _probe_locked(self, ep: _Endpoint) -> None:
         """Probe a down endpoint (lock released meanwhile): back up, or dropped once it has
@@ -501,17 +458,6 @@ class _Engine:
 
     def _attempt(self, ep: _Endpoint, entry: _Entry) -> None:
         """Prepare ``entry`` for ``ep`` (if not yet), submit it, follow it to its end."""
-        try:
-            result = self._run_prompt(ep, entry)
-        except BaseException:
-            self._release_slot(ep)
-            raise
-        self._release_slot(ep, result.seconds if result is not None else None)
-        if result is not None:
-            self._post.submit(self._finish, ep, entry, result, time.monotonic())
-
-    def _run_prompt(self, ep: _Endpoint, entry: _Entry) -> PromptResult | None:
-        """Submit and wait; None when the attempt ended otherwise (already handled)."""
         entry.attempt += 1
         entry.endpoint = ep.name
         try:
@@ -523,10 +469,10 @@ class _Engine:
             # ComfyUI queued part of it despite the preflight; the client cancelled it.
             entry.prompt_id = exc.prompt_id
             self._post.submit(self._collect_partial, ep, entry, exc)
-            return None
+            return
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's row
             self._retry_or_fail(ep, entry, exc)
-            return None
+            return
         entry.submitted = submitted
         if entry.first_submit is None:
             entry.first_submit = submitted
@@ -537,8 +483,8 @@ class _Engine:
             if isinstance(exc, ComfyTimeout):
                 self._abandon(ep, entry.prompt_id)
             self._retry_or_fail(ep, entry, exc)
-            return None
-        return result
+            return
+        self._post.submit(self._finish, ep, entry, result, time.monotonic())
 
     def _abandon(self, ep: _Endpoint, prompt_id: str) -> None:
         # A prompt we stopped waiting for must not run on (or run twice after a retry).
