@@ -47,6 +47,11 @@ _VARS: tuple[EnvVar, ...] = (
     # fal.ai
     EnvVar("FAL_KEY", "fal.ai API key (video stages off the instance)", secret=True),
     EnvVar("FAL_QUEUE_URL", "fal.ai queue API base URL"),
+    EnvVar(
+        "COMFYFLEET_COMFY_TOKEN",
+        "bearer token for ComfyUIs behind a gateway (generate --comfy-token-env)",
+        secret=True,
+    ),
     # warm-up
     EnvVar("COMFYFLEET_MODE", "warm-up mode when --mode is not given: script or baked"),
     EnvVar("COMFYFLEET_BAKED_MANIFEST", "the baked image's manifest (--mode baked)"),

@@ -59,7 +59,8 @@ The retry rule: one layer owns each kind of retry, so attempts never multiply.
     │   ├── ComfyInterrupted         the prompt was interrupted
     │   ├── ComfyTimeout             the prompt did not finish in time           (+ TransientError)
     │   ├── ComfyConnectionError     ComfyUI cannot be reached or dropped us     (+ TransientError)
-    │   └── InputImageError          an input image is missing, too large or not PNG/JPEG/WebP
+    │   ├── InputImageError          an input image is missing, too large or not PNG/JPEG/WebP
+    │   └── ComfyAuthError           401/403 from ComfyUI's gateway: token missing or wrong
     ├── FalError                     fal.ai's queue API failed (transient ones + TransientError)
     └── FleetError                   renting, listing or releasing GPU instances failed
         └── VastError                vast.ai's REST API refused or failed (never names the key)
@@ -385,6 +386,11 @@ class ComfyPartialPrompt(ComfyValidationError):
     ) -> None:
         self.prompt_id = prompt_id
         super().__init__(message, node_errors=node_errors, hint=hint)
+
+
+class ComfyAuthError(ComfyError):
+    """The authenticating gateway in front of ComfyUI refused us (401/403): the bearer token
+    is missing or wrong. Not transient: the same token is refused again."""
 
 
 class FalError(ComfyfleetError):

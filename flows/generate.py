@@ -1,4 +1,5 @@
-"""Prefect flow ``generate-batch``: a jobs table on one ComfyUI, outputs into the store.
+"""Prefect flow ``generate-batch``: a jobs table on one ComfyUI or spread over many, outputs
+into the store.
 
 Thin on purpose: one task runs :func:`comfyfleet.generate.batch.generate_from_file`, which keeps
 ComfyUI's queue full with its own threads (a Prefect task per job would add engine overhead
@@ -9,6 +10,10 @@ The flow builds :class:`~comfyfleet.generate.batch.BatchOptions` from its parame
 CLI does from its arguments, and runs the same driver. Retries have one owner (errors.py): the
 engine resubmits a job after a transient error, ``retries`` times; the task itself does not
 retry, or job attempts would multiply. A rerun with the same batch id skips finished jobs.
+
+Endpoints travel as token-free references (``{"url", "name", "token_env"|"token_file"}``,
+:mod:`comfyfleet.generate.endpoints`): tokens are read inside the task, on the worker, and
+never become flow parameters.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from comfyfleet.generate.batch import (
     default_batch_id,
     generate_from_file,
 )
+from comfyfleet.generate.endpoints import endpoint_refs, resolve_endpoints
 from comfyfleet.generate.fal import FalSettings
 from flows._common import (
     ProgressThrottle,
@@ -49,17 +55,29 @@ def _artifact_key(prefix: str, batch_id: str) -> str:
     return artifact_key(prefix, batch_id, fallback="batch")
 
 
-def _comfy_url(comfy_url: str | None, comfy_block: str | None) -> str:
+def _comfy_urls(comfy_url: str | list[str] | None, comfy_block: str | None) -> list[str]:
+    urls = [comfy_url] if isinstance(comfy_url, str) else list(comfy_url or [])
     if comfy_block:
         from blocks import ComfyUIEndpoint, load
 
-        return str(load(ComfyUIEndpoint, comfy_block).url)
-    if not comfy_url:
+        urls.append(str(load(ComfyUIEndpoint, comfy_block).url))
+    return urls
+
+
+def _endpoint_refs(
+    comfy_url: str | list[str] | None,
+    comfy_block: str | None,
+    comfy_token_env: str | None,
+    comfy_endpoints: str | None,
+) -> list[dict[str, str]]:
+    urls = _comfy_urls(comfy_url, comfy_block)
+    if not urls and not comfy_endpoints:
         raise ConfigError(
-            "generate-batch needs comfy_url or comfy_block",
-            hint="pass the ComfyUI base URL, or the name of a comfyfleet-comfyui block",
+            "generate-batch needs comfy_url, comfy_block or comfy_endpoints",
+            hint="pass the ComfyUI base URL(s), the name of a comfyfleet-comfyui block, "
+            "or an endpoints file",
         )
-    return comfy_url
+    return endpoint_refs(urls, token_env=comfy_token_env, endpoints_file=comfy_endpoints)
 
 
 def _fal_key(fal_block: str | None) -> str | None:
@@ -102,15 +120,16 @@ class _Progress:
 @task(name="run-batch", cache_policy=NO_CACHE, retries=0)
 def run_batch_task(
     jobs_file: str,
-    comfy_url: str,
+    endpoints: list[dict[str, str]],
     options: BatchOptions,
     store_uri: str | None,
     store_block: str | None,
     fal_block: str | None,
     tokens_block: str | None,
 ) -> BatchReport:
-    """The batch, by the same driver as the CLI. No task retries: the engine resubmits jobs
-    (``options.retries``), and a rerun of the flow resumes the batch."""
+    """The batch, by the same driver as the CLI, over ``endpoints`` (token-free references,
+    tokens read here). No task retries: the engine resubmits jobs (``options.retries``), and a
+    rerun of the flow resumes the batch."""
     logger = get_run_logger()
     store = open_flow_store(store_uri, store_block)
     batch = options.batch_id or default_batch_id(jobs_file)
@@ -128,12 +147,15 @@ def run_batch_task(
     report = generate_from_file(
         jobs_file,
         replace(options, batch_id=batch),
-        comfy_url=comfy_url,
+        endpoints=resolve_endpoints(endpoints),
         store=store,
         tokens=load_tokens(tokens_block),
         on_event=on_event,
     )
     c = report.counts
+    for name, why in report.endpoints.items():
+        if why:
+            logger.warning("endpoint %s dropped: %s", name, why)
     logger.info(
         "batch %s: %d ok, %d failed, %d skipped in %.1f s (ComfyUI busy %.0f%%)",
         report.batch_id,
@@ -149,8 +171,10 @@ def run_batch_task(
 @flow(name="generate-batch")
 def generate_batch(
     jobs_file: str,
-    comfy_url: str | None = None,
+    comfy_url: str | list[str] | None = None,
     comfy_block: str | None = None,
+    comfy_token_env: str | None = None,
+    comfy_endpoints: str | None = None,
     store: str | None = None,
     store_block: str | None = None,
     batch_id: str | None = None,
@@ -164,25 +188,29 @@ def generate_batch(
     fal_url: str | None = None,
     tokens_block: str | None = None,
     ready_timeout_s: float = DEFAULT_OPTIONS.ready_timeout_s,
+    endpoint_timeout_s: float = DEFAULT_OPTIONS.endpoint_timeout_s,
 ) -> dict[str, Any]:
-    """Run JOBS_FILE on ComfyUI (``comfy_url`` or a ``comfyfleet-comfyui`` block), outputs to
+    """Run JOBS_FILE on ComfyUI (``comfy_url``: one URL or a list, a ``comfyfleet-comfyui``
+    block, or ``comfy_endpoints``: an endpoints JSON file; ``comfy_token_env`` names the
+    variable holding the gateway token for the URLs), outputs to
     the store (URI or ``comfyfleet-store`` block); video stages fall back to fal.ai
     (key from a ``comfyfleet-fal-credentials`` block or ``$FAL_KEY``). LoRAs a job names by
     catalog id or link are pulled into ``comfy_root`` (mirrored first with the tokens of a
     ``comfyfleet-source-tokens`` block, else ``$HF_TOKEN``/``$CIVITAI_TOKEN``)."""
-    url = _comfy_url(comfy_url, comfy_block)
+    refs = _endpoint_refs(comfy_url, comfy_block, comfy_token_env, comfy_endpoints)
     options = BatchOptions(
         batch_id=batch_id,
         queue_depth=queue_depth,
         retries=retries,
         ready_timeout_s=ready_timeout_s,
+        endpoint_timeout_s=endpoint_timeout_s,
         comfy_root=comfy_root,
         catalog_paths=tuple(catalog or ()),
         video=VideoSettings(
             local=local_video, fal=fal_fallback, fal_settings=FalSettings(base_url=fal_url)
         ),
     )
-    report = run_batch_task(jobs_file, url, options, store, store_block, fal_block, tokens_block)
+    report = run_batch_task(jobs_file, refs, options, store, store_block, fal_block, tokens_block)
     create_table_artifact(
         table=report.table(),
         key=_artifact_key("generate-jobs", report.batch_id),
@@ -200,6 +228,7 @@ def generate_batch(
         "utilisation": round(report.utilisation, 4),
         "results": f"{report.store_uri}/{report.results_key}",
         "stopped": report.stopped or None,
+        "endpoints": {name: why or None for name, why in report.endpoints.items()},
     }
     if not report.ok:
         failed = [r.id for r in report.results if r.status == "failed"]

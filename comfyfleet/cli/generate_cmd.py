@@ -1,4 +1,8 @@
-"""``comfyfleet generate JOBS_FILE``: run a batch of jobs on a ComfyUI server.
+"""``comfyfleet generate JOBS_FILE``: run a batch of jobs on one ComfyUI or spread over many.
+
+``--comfy-url`` may be repeated; ``--comfy-token-env NAME`` gives each URL the bearer token
+held in that variable (ComfyUIs behind the fleet's gateway); ``--comfy-endpoints FILE`` lists
+endpoints with their own names and token references. Tokens never appear on the command line.
 
 Runs the library directly (no Prefect). The ``generate-batch`` flow does the same with
 artifacts in the Prefect UI.
@@ -19,6 +23,7 @@ from comfyfleet.cli.common import (
     add_json_option,
     add_store_options,
     non_negative_int,
+    positive_float,
     positive_int,
     print_json,
 )
@@ -31,6 +36,7 @@ from comfyfleet.generate.batch import (
     VideoSettings,
     generate_from_file,
 )
+from comfyfleet.generate.endpoints import endpoint_refs, resolve_endpoints
 from comfyfleet.generate.fal import FAL_KEY_ENV, FalSettings
 
 
@@ -46,7 +52,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "jobs_file", metavar="JOBS_FILE", help="the jobs table (.csv, .jsonl, .parquet)"
     )
-    parser.add_argument("--comfy-url", required=True, metavar="URL", help="ComfyUI base URL")
+    parser.add_argument(
+        "--comfy-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ComfyUI base URL; repeat it to spread the batch over many ComfyUIs",
+    )
+    parser.add_argument(
+        "--comfy-token-env",
+        metavar="NAME",
+        help="the variable holding the gateway token for every --comfy-url "
+        "(e.g. COMFYFLEET_COMFY_TOKEN); the token itself never goes on the command line",
+    )
+    parser.add_argument(
+        "--comfy-endpoints",
+        metavar="FILE",
+        help='JSON list of endpoints: [{"url": ..., "name": ..., "token_env"|"token_file": ...}]',
+    )
+    parser.add_argument(
+        "--endpoint-timeout",
+        type=positive_float,
+        default=DEFAULT_OPTIONS.endpoint_timeout_s,
+        metavar="S",
+        help="seconds a ComfyUI may stay unreachable before it is dropped and its jobs run "
+        "elsewhere (default %(default)s)",
+    )
     add_store_options(parser)
     parser.add_argument(
         "--batch-id",
@@ -104,6 +135,7 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
         retries=args.retries,
         comfy_root=args.comfy_root,
         catalog_paths=tuple(args.catalog or ()),
+        endpoint_timeout_s=args.endpoint_timeout,
         video=VideoSettings(
             local=args.local_video,
             fal=args.fal,
@@ -114,6 +146,11 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     options = batch_options(args)
+    endpoints = resolve_endpoints(
+        endpoint_refs(
+            args.comfy_url, token_env=args.comfy_token_env, endpoints_file=args.comfy_endpoints
+        )
+    )
     store = resolve_store(args)
     err = Console(file=sys.stderr)
     if args.fal and not FalSettings().resolved_key() and not args.json:
@@ -147,7 +184,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     with progress:
         report = generate_from_file(
-            args.jobs_file, options, comfy_url=args.comfy_url, store=store, on_event=on_event
+            args.jobs_file, options, endpoints=endpoints, store=store, on_event=on_event
         )
     if args.json:
         print_json(report_json(report))
@@ -167,6 +204,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "exec_seconds": round(report.exec_seconds, 3),
         "utilisation": round(report.utilisation, 4),
         "stopped": report.stopped or None,
+        "endpoints": {name: {"dropped": why or None} for name, why in report.endpoints.items()},
         "jobs": report.rows(),
     }
 
@@ -174,12 +212,15 @@ def report_json(report: BatchReport) -> dict[str, Any]:
 def print_report(report: BatchReport) -> None:
     console = Console()
     table = Table(title=f"batch {report.batch_id}", title_justify="left")
-    for column in ("job", "status", "seconds", "wait", "outputs", "video", "try", "error"):
+    many = len(report.endpoints) > 1
+    columns = ["job", "status", "seconds", "wait", "outputs", "video", "try", "error"]
+    for column in columns[:1] + (["endpoint"] if many else []) + columns[1:]:
         table.add_column(column, overflow="fold")
     styles = {"ok": "green", "failed": "red", "skipped": "dim"}
-    for row in report.table():
+    for row, result in zip(report.table(), report.results, strict=True):
         table.add_row(
             row["id"],
+            *([result.endpoint] if many else []),
             f"[{styles[row['status']]}]{row['status']}[/]",
             f"{row['seconds']:.2f}",
             f"{row['queue_wait']:.2f}",
@@ -195,5 +236,8 @@ def print_report(report: BatchReport) -> None:
         f"{report.wall_seconds:.1f} s wall, ComfyUI busy {report.utilisation:.0%}; "
         f"results: {report.store_uri}/{report.results_key}"
     )
+    for name, why in report.endpoints.items():
+        if why:
+            console.print(f"[yellow]endpoint {name} dropped:[/] {why}")
     if report.stopped:
         console.print(f"[red]stopped early:[/] {report.stopped}")

@@ -9,6 +9,12 @@ The one boundary where httpx and websockets errors become comfyfleet errors:
 * an ``execution_interrupted``                -> :class:`ComfyInterrupted`
 * no result within the caller's timeout       -> :class:`ComfyTimeout` (transient)
 * an input image that is not PNG/JPEG/WebP or too big -> :class:`InputImageError`
+* 401/403 from an authenticating gateway in front of ComfyUI -> :class:`ComfyAuthError`
+
+Authentication: ComfyUI on a rented instance is reached through the fleet's gateway, which
+wants ``Authorization: Bearer <token>``. With ``token`` the client sends that header on every
+HTTP request to ComfyUI and on the ``/ws`` handshake, and on nothing else (an input image
+fetched from a URL does not get it). The token is kept out of ``repr``, errors and logs.
 
 Following a prompt to its end (WebSocket events, /history as the truth) is
 :mod:`comfyfleet.comfy.tracking`; this module gives it HTTP answers.
@@ -29,8 +35,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from comfyfleet.errors import (
+    ComfyAuthError,
     ComfyConnectionError,
     ComfyError,
     ComfyPartialPrompt,
@@ -174,7 +182,8 @@ class ComfyClient:
     ``poll_interval`` is how often /history is polled while the WebSocket is down;
     ``idle_poll`` how long a prompt may be silent before /history is checked anyway;
     ``reconnect_timeout`` how long ComfyUI may stay unreachable during a wait before
-    :class:`ComfyConnectionError` is raised.
+    :class:`ComfyConnectionError` is raised; ``token`` the bearer token of the gateway in
+    front of ComfyUI (see the module docstring), never shown.
     """
 
     def __init__(
@@ -188,6 +197,7 @@ class ComfyClient:
         poll_interval: float = 1.0,
         idle_poll: float = 15.0,
         reconnect_timeout: float = 30.0,
+        token: str | SecretStr | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -204,9 +214,15 @@ class ComfyClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        # Per request, never as the httpx client's default: the same client fetches input
+        # images from other hosts, which must not see the token.
+        self._auth: dict[str, str] = {"Authorization": f"Bearer {secret}"} if secret else {}
         ws_base = "ws" + base[len("http") :]
         self._listener = EventListener(
-            f"{ws_base}/ws?clientId={quote(self.client_id)}", open_timeout=min(timeout, 10.0)
+            f"{ws_base}/ws?clientId={quote(self.client_id)}",
+            open_timeout=min(timeout, 10.0),
+            headers=self._auth,
         )
         self._lock = threading.Lock()
         self._object_info: dict[str, Any] | None = None
@@ -234,7 +250,13 @@ class ComfyClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ComfyClient({self.base_url!r}, client_id={self.client_id!r})"
+        auth = ", token=***" if self._auth else ""
+        return f"ComfyClient({self.base_url!r}, client_id={self.client_id!r}{auth})"
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests carry a bearer token."""
+        return bool(self._auth)
 
     # ------------------------------------------------------------ HTTP boundary
 
@@ -247,6 +269,8 @@ class ComfyClient:
         **kwargs: Any,
     ) -> httpx.Response:
         url = self.base_url + path
+        if self._auth:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **self._auth}
         try:
             response = self._http.request(
                 method, url, timeout=timeout if timeout is not None else self.timeout, **kwargs
@@ -268,6 +292,8 @@ class ComfyClient:
                 f"{method} {_path_only(path)}",
                 hint="a proxy in front of ComfyUI cannot reach it; retry shortly",
             )
+        if response.status_code in (401, 403):
+            raise _auth_error(self.base_url, response.status_code, bool(self._auth))
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -308,6 +334,8 @@ class ComfyClient:
             remaining = deadline - time.monotonic()
             try:
                 return self._system_stats_once(min(max(remaining, 0.1), 10.0))
+            except ComfyAuthError:
+                raise  # a refused token is refused again: no point waiting
             except ComfyError as exc:
                 last = exc.message
             if time.monotonic() + interval > deadline:
@@ -642,8 +670,14 @@ class ComfyClient:
         size = 0
         try:
             with self._http.stream(
-                "GET", self.base_url + "/view", params=_view_params(f), timeout=self.timeout
+                "GET",
+                self.base_url + "/view",
+                params=_view_params(f),
+                headers=self._auth,
+                timeout=self.timeout,
             ) as response:
+                if response.status_code in (401, 403):
+                    raise _auth_error(self.base_url, response.status_code, bool(self._auth))
                 _check_view(response.status_code, f)
                 with part.open("wb") as out:
                     for chunk in response.iter_bytes(1 << 20):
@@ -705,6 +739,19 @@ class ComfyClient:
 
 def _path_only(path: str) -> str:
     return path.split("?", 1)[0]
+
+
+def _auth_error(base_url: str, status: int, sent: bool) -> ComfyAuthError:
+    if sent:
+        return ComfyAuthError(
+            f"the gateway at {base_url} refused the bearer token (HTTP {status})",
+            hint="the token is wrong or was rotated: pass the fleet's current gateway token",
+        )
+    return ComfyAuthError(
+        f"ComfyUI at {base_url} wants authentication (HTTP {status}) and no token was given",
+        hint="it is behind the fleet's gateway: pass its token (--comfy-token-env, or "
+        "token_env/token_file in an endpoints file)",
+    )
 
 
 def _view_params(f: OutputFile) -> dict[str, str]:

@@ -24,6 +24,10 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 log = logging.getLogger(__name__)
+# websockets logs every handshake header at DEBUG, the bearer token included: its protocol
+# logger is this one, kept at INFO whatever the root level is.
+_wire_log = logging.getLogger(f"{__name__}.wire")
+_wire_log.setLevel(logging.INFO)
 
 # Pseudo message type the listener puts on every waiter's queue when the socket goes up/down.
 CONNECTION_EVENT = "_connection"
@@ -59,14 +63,20 @@ Message = dict[str, Any]
 class EventListener:
     """Reads ComfyUI's WebSocket in a daemon thread and routes messages by prompt id."""
 
+    def __repr__(self) -> str:
+        return f"EventListener({self.ws_url!r}, connected={self.connected})"
+
     def __init__(
         self,
         ws_url: str,
         *,
         open_timeout: float = 10.0,
         max_backoff: float = 5.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.ws_url = ws_url
+        # Sent with the handshake (the gateway's bearer token); never logged.
+        self._headers = dict(headers or {})
         self.open_timeout = open_timeout
         self.max_backoff = max_backoff
         self._lock = threading.Lock()
@@ -152,6 +162,8 @@ class EventListener:
                     # ComfyUI answers pings; 20 s finds a dead peer without chatter.
                     ping_interval=20,
                     ping_timeout=20,
+                    additional_headers=self._headers or None,
+                    logger=_wire_log,
                 )
                 with client:
                     self._ws = client

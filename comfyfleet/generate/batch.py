@@ -1,35 +1,46 @@
-"""Batch generation: drive one ComfyUI through a jobs table, keeping its queue full.
+"""Batch generation: drive one or many ComfyUIs through a jobs table, keeping every queue full.
 
-``run_batch`` takes validated jobs (:mod:`comfyfleet.generate.jobs`) and, per job:
+``run_batch`` takes validated jobs (:mod:`comfyfleet.generate.jobs`) and one ComfyUI
+(``client=``) or many (``endpoints=``; one ComfyUI is simply the one-endpoint case of the same
+engine). Per job:
 
-1. **prepares** it: LoRAs resolved (pulled on demand, :mod:`comfyfleet.generate.loras`), input
-   images uploaded (image columns -> ``/upload/image`` -> the returned name), the workflow built and
-   checked before submission (:mod:`comfyfleet.generate.preflight`);
-2. **submits** it while ``queue_depth`` prompts are in flight, so the next prompt is already
-   queued in ComfyUI when one finishes: ComfyUI never waits for us. Waits run concurrently on
-   the client's shared WebSocket; when one returns, the next job is submitted at once;
+1. **prepares** it for the endpoint that takes it: LoRAs resolved (pulled on demand,
+   :mod:`comfyfleet.generate.loras`), input images uploaded there (image columns ->
+   ``/upload/image`` -> the returned name), the workflow built and checked against that
+   ComfyUI before submission (:mod:`comfyfleet.generate.preflight`);
+2. **submits** it: every endpoint has ``queue_depth`` feeder threads, each taking the next
+   job from one shared queue, submitting it and following it to its end. So each ComfyUI has
+   ``queue_depth`` prompts queued and never waits for us, and a faster one simply takes more
+   jobs (work stealing, no fixed split);
 3. **stores** its outputs (``/view``) as ``outputs/<batch>/<job>/<file>``, after clearing what
-   an interrupted earlier run may have left there (:mod:`comfyfleet.generate.results`);
-4. runs its **video stage** (column ``video``, :mod:`comfyfleet.generate.video`): on this
-   ComfyUI when the video model is listed and the GPU has the VRAM, else (or when that fails)
-   on fal.ai; the result row says which;
-5. **records** the job in ``outputs/<batch>/results.parquet``, rewritten atomically after
-   every finished job (:mod:`comfyfleet.generate.results`). A job counts as done only once
-   all its outputs are stored.
+   an interrupted or abandoned earlier attempt may have left there
+   (:mod:`comfyfleet.generate.results`);
+4. runs its **video stage** (column ``video``, :mod:`comfyfleet.generate.video`): on the
+   ComfyUI that ran the job when the video model is listed and the GPU has the VRAM, else (or
+   when that fails) on fal.ai; the result row says which;
+5. **records** the job in ``outputs/<batch>/results.parquet`` (one row per job, with the
+   ``endpoint`` that ran it), rewritten atomically after every finished job. A job counts as
+   done only once all its outputs are stored.
 
 Rerunning a batch id reads ``results.parquet`` and skips every job recorded ``ok`` whose
 definition (fingerprint) is unchanged and whose outputs are all still there: a batch killed
 midway loses nothing and duplicates nothing.
 
-Retries: connection drops and timeouts (``TransientError``) resubmit the job up to
-``retries`` more times with exponential backoff; validation and execution errors fail the
-job at once and the batch goes on. When a job exhausts its retries on a connection error and
-ComfyUI does not answer ``/system_stats`` either, the batch stops: the jobs not yet run are
-reported failed ("not run") and a rerun resumes them.
+Failures: a connection error after which the endpoint does not answer ``/system_stats``
+either is the endpoint's fault, not the job's: the job goes back to the front of the shared
+queue for any endpoint that answers (its retries untouched), and the endpoint takes no new job
+until a probe answers again. An endpoint down for ``endpoint_timeout_s``, or refusing our
+token, is dropped. Only one attempt of a job is ever alive (a job is in the queue, in one
+feeder or in one post worker), and outputs are fetched only from the attempt that finished, so
+a job re-run elsewhere leaves no second copy. When every endpoint is dropped the batch stops:
+the jobs not yet run are reported failed ("not run") and a rerun resumes them. Other
+connection drops and timeouts (``TransientError``) resubmit the job up to ``retries`` times
+with exponential backoff; validation and execution errors fail the job at once and the batch
+goes on.
 
-Threads: the caller's thread prepares and submits; ``queue_depth`` waiter threads follow
-prompts and free their slot the moment a prompt finishes; ``post_workers`` threads fetch,
-store, run video stages and record. ``on_event`` is called from all of them, serialised.
+Threads: ``queue_depth`` feeders per endpoint prepare, submit and wait; ``post_workers``
+threads fetch, store, run video stages and record; the caller's thread waits for the end.
+``on_event`` is called from all of them, serialised.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from comfyfleet.comfy.workflows import LoraSpec, apply_loras, build_workflow
 from comfyfleet.errors import (
+    ComfyAuthError,
     ComfyConnectionError,
     ComfyfleetError,
     ComfyPartialPrompt,
@@ -57,6 +69,7 @@ from comfyfleet.errors import (
     is_transient,
 )
 from comfyfleet.generate.api import ComfyBatchAPI
+from comfyfleet.generate.endpoints import ComfyEndpoint, check_unique
 from comfyfleet.generate.fal import FalClient
 from comfyfleet.generate.jobs import Job
 from comfyfleet.generate.loras import LoraResolver, ResolvedLora
@@ -77,12 +90,15 @@ from comfyfleet.generate.video import VideoSettings, VideoStage
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
+    from comfyfleet.comfy.client import ComfyClient
     from comfyfleet.comfy.tracking import PromptResult
     from comfyfleet.sources import Tokens
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "BatchEndpoint",
     "BatchEvent",
+    "ComfyEndpoint",
     "BatchOptions",
     "BatchReport",
     "ComfyBatchAPI",
@@ -111,10 +127,13 @@ class BatchOptions:
     ``batch_id``: the batch folder (``None``: ``<jobs file stem>-<8 hex of its sha256>``);
     ``queue_depth``: prompts kept queued in ComfyUI at once (2: it never idles);
     ``retries``: resubmits per job after a transient error (connection drop, timeout), with
-    backoff ``retry_backoff_s``·2^n. The engine is the one owner of job retries, from the CLI
+    backoff ``retry_backoff_s``·2^n (a job handed on because its ComfyUI stopped answering
+    spends none). The engine is the one owner of job retries, from the CLI
     and from the flow alike (the flow's task does not retry the batch: errors.py's rule);
     ``prompt_timeout_s``: how long one prompt may take; ``post_workers``: threads that fetch
     and store outputs; ``ready_timeout_s``: how long ComfyUI may take to answer at all;
+    ``endpoint_timeout_s``: how long a ComfyUI may stay unreachable during the batch before
+    it is dropped (its jobs run on the others; with none left the batch stops);
     ``comfy_root``: ComfyUI's folder here (LoRAs are pulled into it on demand);
     ``catalog_paths``: catalog files (default: the built-in catalog); ``video``: video stages.
     """
@@ -126,6 +145,7 @@ class BatchOptions:
     prompt_timeout_s: float | None = 3600.0
     post_workers: int = 4
     ready_timeout_s: float = 30.0
+    endpoint_timeout_s: float = 30.0
     comfy_root: str | None = None
     catalog_paths: tuple[str, ...] = ()
     video: VideoSettings = field(default_factory=VideoSettings)
@@ -141,6 +161,8 @@ class BatchOptions:
             raise ConfigError(f"retries {self.retries} must be 0 or more")
         if self.post_workers < 1:
             raise ConfigError(f"post workers {self.post_workers} must be at least 1")
+        if self.endpoint_timeout_s <= 0:
+            raise ConfigError(f"endpoint timeout {self.endpoint_timeout_s} must be positive")
 
 
 DEFAULT_OPTIONS = BatchOptions()
@@ -148,7 +170,8 @@ DEFAULT_OPTIONS = BatchOptions()
 
 @dataclass(frozen=True)
 class BatchEvent:
-    """Progress of a batch: ``done`` of ``total`` jobs are final (skipped ones included)."""
+    """Progress of a batch: ``done`` of ``total`` jobs are final (skipped ones included);
+    ``endpoint`` names the ComfyUI of a ``submitted``/``retry`` event."""
 
     kind: EventKind
     job_id: str
@@ -156,6 +179,7 @@ class BatchEvent:
     total: int
     result: JobResult | None = None
     message: str = ""
+    endpoint: str = ""
 
 
 def check_batch_id(batch_id: str) -> str:
@@ -181,38 +205,76 @@ def default_batch_id(jobs_file: str | Path) -> str:
 
 
 @dataclass
+class BatchEndpoint:
+    """One ComfyUI a batch runs on: its client, the name its rows carry in the ``endpoint``
+    column (default: the client's URL) and, optionally, its LoRA resolver."""
+
+    client: ComfyBatchAPI
+    name: str = ""
+    loras: LoraResolver | None = None
+
+
+class _Endpoint:
+    """One endpoint while the batch runs: what is prepared per ComfyUI (uploads, LoRAs,
+    the pre-submit check, the video stage) and its health.
+
+    ``down_since`` is set when a connection error came with a failed probe: the endpoint
+    takes no new job until a probe answers again; ``dropped`` (the reason) once it stayed
+    down for ``endpoint_timeout_s`` or refused our token.
+    """
+
+    def __init__(self, spec: BatchEndpoint, video: VideoStage, checker: WorkflowChecker) -> None:
+        self.client = spec.client
+        self.name = spec.name or spec.client.base_url
+        self.loras = spec.loras or LoraResolver(spec.client)
+        self.video = video
+        self.checker = checker
+        self.uploads: dict[str, str] = {}
+        self.upload_locks: dict[str, threading.Lock] = {}
+        self.down_since: float | None = None
+        self.next_probe = 0.0
+        self.probing = False
+        self.dropped = ""
+
+
+@dataclass
 class _Entry:
     job: Job
     index: int
     attempt: int = 0
-    workflow: dict[str, Any] | None = None
+    retried: int = 0
+    moves: int = 0
+    prepared: tuple[str, dict[str, Any]] | None = None
     loras: list[ResolvedLora] = field(default_factory=list)
     prompt_id: str = ""
+    endpoint: str = ""
     submitted: float = 0.0
     first_submit: float | None = None
     last_error: str = ""
 
 
 class _Engine:
-    """The scheduler of one batch run (see the module docstring): prepare, submit, wait,
-    store, record. The video stage is :class:`~comfyfleet.generate.video.VideoStage`'s."""
+    """The scheduler of one batch run over one or many ComfyUIs (see the module docstring).
+
+    One shared queue of jobs; every endpoint has ``queue_depth`` feeder threads, each taking
+    the next job, submitting it to its ComfyUI and following it to the end, so each queue
+    stays full and a faster endpoint simply takes more jobs (work stealing, no fixed split).
+    Finished prompts go to ``post_workers`` threads that store, run video stages and record.
+    """
 
     def __init__(
         self,
         *,
-        client: ComfyBatchAPI,
+        endpoints: Sequence[_Endpoint],
         store: ObjectStore,
         batch_id: str,
         options: BatchOptions,
-        loras: LoraResolver,
         ledger: ResultsLedger,
         on_event: Callable[[BatchEvent], None] | None,
-        video: VideoStage,
-        checker: WorkflowChecker,
         total: int,
         done: int,
     ) -> None:
-        self.client = client
+        self.endpoints = list(endpoints)
         self.store = store
         self.batch_id = batch_id
         self.depth = options.queue_depth
@@ -220,9 +282,11 @@ class _Engine:
         self.backoff = options.retry_backoff_s
         self.prompt_timeout = options.prompt_timeout_s
         self.post_workers = options.post_workers
-        self.video = video
-        self.checker = checker
-        self.loras = loras
+        self.endpoint_timeout = options.endpoint_timeout_s
+        self.probe_interval = min(max(options.retry_backoff_s, 0.05), 2.0)
+        # A job handed on because its endpoint went down does not spend its retries, but
+        # a flapping endpoint must not bounce it forever.
+        self.max_moves = max(3, 2 * len(self.endpoints))
         self.ledger = ledger
         self.on_event = on_event
         self.total = total
@@ -234,164 +298,247 @@ class _Engine:
         self._ready: deque[_Entry] = deque()
         self._delayed: list[tuple[float, _Entry]] = []
         self._outstanding = 0
-        self._hold_until = 0.0
-        self._slots = threading.Semaphore(self.depth)
         self._event_lock = threading.Lock()
-        self._memo_lock = threading.Lock()
-        self._uploads: dict[str, str] = {}
 
     # ------------------------------------------------------------ plumbing
 
     def emit(
-        self, kind: EventKind, job_id: str, result: JobResult | None = None, message: str = ""
+        self,
+        kind: EventKind,
+        job_id: str,
+        result: JobResult | None = None,
+        message: str = "",
+        endpoint: str = "",
     ) -> None:
         if self.on_event is None:
             return
         with self._event_lock:
-            self.on_event(BatchEvent(kind, job_id, self.done, self.total, result, message))
+            self.on_event(
+                BatchEvent(kind, job_id, self.done, self.total, result, message, endpoint)
+            )
 
     def run(self, entries: Sequence[_Entry]) -> None:
         with self._cv:
             self._ready.extend(entries)
             self._outstanding = len(entries)
-        waiters = ThreadPoolExecutor(self.depth, thread_name_prefix="comfyfleet-wait")
-        post = ThreadPoolExecutor(self.post_workers, thread_name_prefix="comfyfleet-post")
-        self._waiters, self._post = waiters, post
+        self._post = ThreadPoolExecutor(self.post_workers, thread_name_prefix="comfyfleet-post")
+        feeders = [
+            threading.Thread(
+                target=self._feed, args=(ep,), name=f"comfyfleet-feed-{n}-{slot}", daemon=True
+            )
+            for n, ep in enumerate(self.endpoints)
+            for slot in range(self.depth)
+        ]
         try:
-            while True:
-                entry = self._next()
-                if entry is None:
-                    break
-                self._start(entry)
+            for thread in feeders:
+                thread.start()
+            self._drain_when_stopped()
         finally:
-            waiters.shutdown(wait=True)
-            post.shutdown(wait=True)
-            self.video.close()
+            for thread in feeders:
+                thread.join()
+            self._post.shutdown(wait=True)
+            for ep in self.endpoints:
+                ep.video.close()
 
-    def _next(self) -> _Entry | None:
+    def _drain_when_stopped(self) -> None:
+        """Wait for the end; once every endpoint is gone, fail the jobs left as 'not run'."""
         with self._cv:
-            while True:
-                if self._outstanding == 0:
-                    return None
-                now = time.monotonic()
-                due = [d for d in self._delayed if d[0] <= now]
-                if due:
-                    self._delayed = [d for d in self._delayed if d[0] > now]
-                    # Retries go first: their outputs are what the batch is waiting for.
-                    for _, entry in reversed(sorted(due, key=lambda d: d[0])):
-                        self._ready.appendleft(entry)
+            while self._outstanding > 0:
                 if self.stopped and (self._ready or self._delayed):
                     dropped = list(self._ready) + [e for _, e in self._delayed]
                     self._ready.clear()
                     self._delayed.clear()
-                    for entry in dropped:
-                        self._cv.release()
-                        try:
+                    self._cv.release()
+                    try:
+                        for entry in dropped:
                             self._fail(entry, _not_run(entry, self.stopped))
-                        finally:
-                            self._cv.acquire()
+                    finally:
+                        self._cv.acquire()
                     continue
-                if self._ready and now >= self._hold_until:
+                self._cv.wait(1.0)
+
+    def _feed(self, ep: _Endpoint) -> None:
+        while True:
+            entry = self._take(ep)
+            if entry is None:
+                return
+            self._attempt(ep, entry)
+
+    def _promote_due(self, now: float) -> None:
+        due = [d for d in self._delayed if d[0] <= now]
+        if due:
+            self._delayed = [d for d in self._delayed if d[0] > now]
+            # Retries go first: their outputs are what the batch is waiting for.
+            for _, entry in reversed(sorted(due, key=lambda d: d[0])):
+                self._ready.appendleft(entry)
+
+    def _take(self, ep: _Endpoint) -> _Entry | None:
+        """The next job for ``ep`` (None: the batch is over for it). Called by its feeders;
+        while ``ep`` is down one of them probes it and the others wait."""
+        with self._cv:
+            while True:
+                if self._outstanding == 0 or self.stopped or ep.dropped:
+                    return None
+                now = time.monotonic()
+                self._promote_due(now)
+                if ep.down_since is not None:
+                    if not ep.probing and now >= ep.next_probe:
+                        self._probe_locked(ep)
+                        continue
+                    self._cv.wait(max(ep.next_probe - now, 0.01))
+                    continue
+                if self._ready:
                     return self._ready.popleft()
                 timeout = None
                 if self._delayed:
                     timeout = max(0.0, min(d[0] for d in self._delayed) - now)
-                if self._ready:
-                    timeout = max(0.0, self._hold_until - now)
                 self._cv.wait(timeout)
 
-    def _start(self, entry: _Entry) -> None:
-        """Prepare (if not yet), take a queue slot, submit, hand the wait to a waiter."""
+    def _probe_locked(self, ep: _Endpoint) -> None:
+        """Probe a down endpoint (lock released meanwhile): back up, or dropped once it has
+        been down for ``endpoint_timeout_s``."""
+        ep.probing = True
+        self._cv.release()
+        try:
+            answers = self._answers(ep)
+        finally:
+            self._cv.acquire()
+            ep.probing = False
+        now = time.monotonic()
+        ep.next_probe = now + self.probe_interval
+        if answers:
+            ep.down_since = None
+        elif ep.down_since is not None and now - ep.down_since >= self.endpoint_timeout:
+            self._drop_locked(ep, f"not answering for {now - ep.down_since:.0f} s")
+        self._cv.notify_all()
+
+    def _answers(self, ep: _Endpoint) -> bool:
+        try:
+            ep.client.system_stats()
+        except ComfyfleetError:
+            return False
+        return True
+
+    def _mark_down(self, ep: _Endpoint) -> None:
+        with self._cv:
+            if ep.down_since is None:
+                ep.down_since = time.monotonic()
+                ep.next_probe = ep.down_since + self.probe_interval
+            self._cv.notify_all()
+
+    def _drop_locked(self, ep: _Endpoint, why: str) -> None:
+        if ep.dropped:
+            return
+        ep.dropped = why
+        if all(e.dropped for e in self.endpoints) and not self.stopped:
+            if len(self.endpoints) == 1:
+                self.stopped = (
+                    f"ComfyUI at {ep.client.base_url} stopped answering ({why}); "
+                    "rerun the same batch id to resume"
+                )
+            else:
+                self.stopped = (
+                    f"every ComfyUI stopped answering ({len(self.endpoints)} endpoints); "
+                    "rerun the same batch id to resume"
+                )
+        self._cv.notify_all()
+
+    def _requeue(self, entry: _Entry, delay: float = 0.0) -> None:
+        with self._cv:
+            if not self.stopped:
+                if delay > 0:
+                    self._delayed.append((time.monotonic() + delay, entry))
+                else:
+                    self._ready.appendleft(entry)
+                self._cv.notify_all()
+                return
+        self._fail(entry, _not_run(entry, self.stopped))
+
+    # ------------------------------------------------------------ one attempt
+
+    def _attempt(self, ep: _Endpoint, entry: _Entry) -> None:
+        """Prepare ``entry`` for ``ep`` (if not yet), submit it, follow it to its end."""
         entry.attempt += 1
+        entry.endpoint = ep.name
         try:
-            if entry.workflow is None:
-                entry.workflow = self._prepare(entry)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the job's row
-            self._retry_or_fail(entry, exc)
-            return
-        self._slots.acquire()
-        if self.stopped:
-            self._slots.release()
-            self._fail(entry, _not_run(entry, self.stopped))
-            return
-        try:
+            if entry.prepared is None or entry.prepared[0] != ep.name:
+                entry.prepared = (ep.name, self._prepare(ep, entry))
             submitted = time.monotonic()
-            entry.prompt_id = self.client.submit(entry.workflow)
+            entry.prompt_id = ep.client.submit(entry.prepared[1])
         except ComfyPartialPrompt as exc:
             # ComfyUI queued part of it despite the preflight; the client cancelled it.
-            self._slots.release()
             entry.prompt_id = exc.prompt_id
-            self._post.submit(self._collect_partial, entry, exc)
+            self._post.submit(self._collect_partial, ep, entry, exc)
             return
-        except Exception as exc:  # noqa: BLE001
-            self._slots.release()
-            self._retry_or_fail(entry, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the job's row
+            self._retry_or_fail(ep, entry, exc)
             return
         entry.submitted = submitted
         if entry.first_submit is None:
             entry.first_submit = submitted
-        self.emit("submitted", entry.job.id, message=entry.prompt_id)
-        self._waiters.submit(self._wait, entry)
-
-    def _wait(self, entry: _Entry) -> None:
+        self.emit("submitted", entry.job.id, message=entry.prompt_id, endpoint=ep.name)
         try:
-            result = self.client.wait(entry.prompt_id, timeout=self.prompt_timeout)
+            result = ep.client.wait(entry.prompt_id, timeout=self.prompt_timeout)
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, ComfyTimeout):
-                self._abandon(entry.prompt_id)
-            self._slots.release()
-            self._retry_or_fail(entry, exc)
+                self._abandon(ep, entry.prompt_id)
+            self._retry_or_fail(ep, entry, exc)
             return
-        finished = time.monotonic()
-        self._slots.release()
-        self._post.submit(self._finish, entry, result, finished)
+        self._post.submit(self._finish, ep, entry, result, time.monotonic())
 
-    def _abandon(self, prompt_id: str) -> None:
+    def _abandon(self, ep: _Endpoint, prompt_id: str) -> None:
         # A prompt we stopped waiting for must not run on (or run twice after a retry).
         with contextlib.suppress(ComfyfleetError):
-            self.client.delete_queued([prompt_id])
-            self.client.interrupt(prompt_id)
+            ep.client.delete_queued([prompt_id])
+            ep.client.interrupt(prompt_id)
 
-    def _retry_or_fail(self, entry: _Entry, exc: BaseException) -> None:
+    def _retry_or_fail(self, ep: _Endpoint, entry: _Entry, exc: BaseException) -> None:
+        """What a failed attempt leads to. An endpoint that does not answer (or refuses our
+        token) is the endpoint's fault: the job goes back to the shared queue at once for
+        any endpoint that answers, without spending its retries. Other transient errors are
+        retried ``retries`` times with backoff; anything else fails the job."""
         message = describe(exc)
         entry.last_error = message
-        if is_transient(exc) and entry.attempt <= self.retries and not self.stopped:
-            delay = self.backoff * 2 ** (entry.attempt - 1)
-            self.emit("retry", entry.job.id, message=f"attempt {entry.attempt}: {message}")
-            with self._cv:
-                due = time.monotonic() + delay
-                self._delayed.append((due, entry))
-                if isinstance(exc, ComfyConnectionError):
-                    # ComfyUI itself is unreachable: hold every submission, not just this one.
-                    self._hold_until = max(self._hold_until, due)
-                self._cv.notify_all()
+        endpoint_gone = isinstance(exc, ComfyAuthError) or (
+            isinstance(exc, ComfyConnectionError) and not self._answers(ep)
+        )
+        if endpoint_gone and not self.stopped and entry.moves < self.max_moves:
+            if isinstance(exc, ComfyAuthError):
+                with self._cv:
+                    self._drop_locked(ep, "refused the token")
+            else:
+                self._mark_down(ep)
+            entry.moves += 1
+            self.emit(
+                "retry",
+                entry.job.id,
+                message=f"attempt {entry.attempt} on {ep.name}: {message}; "
+                "back to the queue (that ComfyUI is not answering)",
+                endpoint=ep.name,
+            )
+            self._requeue(entry)
             return
-        if isinstance(exc, ComfyConnectionError) and not self.stopped:
-            self._probe(exc)
+        if is_transient(exc) and entry.retried < self.retries and not self.stopped:
+            entry.retried += 1
+            self.emit(
+                "retry",
+                entry.job.id,
+                message=f"attempt {entry.attempt}: {message}",
+                endpoint=ep.name,
+            )
+            self._requeue(entry, self.backoff * 2 ** (entry.retried - 1))
+            return
         self._fail(entry, message)
 
-    def _probe(self, exc: ComfyConnectionError) -> None:
-        """Stop the batch when ComfyUI itself is gone (not just one prompt)."""
-        try:
-            self.client.system_stats()
-        except ComfyfleetError:
-            with self._cv:
-                if not self.stopped:
-                    self.stopped = (
-                        f"ComfyUI at {self.client.base_url} stopped answering; "
-                        "rerun the same batch id to resume"
-                    )
-                self._cv.notify_all()
-
-    def _collect_partial(self, entry: _Entry, exc: ComfyPartialPrompt) -> None:
+    def _collect_partial(self, ep: _Endpoint, entry: _Entry, exc: ComfyPartialPrompt) -> None:
         """Fail a job whose prompt ComfyUI queued only in part, keeping its prompt id and
         storing whatever the prompt wrote before the cancel took effect (no orphans)."""
         message = describe(exc)
         keys: list[str] = []
         try:
-            files = self.client.settle(exc.prompt_id)
+            files = ep.client.settle(exc.prompt_id)
             prefix = job_prefix(self.batch_id, entry.job.id)
-            keys = store_outputs(self.client, self.store, prefix, files, clean=True)
+            keys = store_outputs(ep.client, self.store, prefix, files, clean=True)
         except Exception as err:  # noqa: BLE001 - the row says what could not be collected
             message += f"; its outputs could not be collected: {describe(err)}"
         else:
@@ -414,6 +561,7 @@ class _Engine:
                 fingerprint=entry.job.fingerprint(),
                 finished_at=now_iso(),
                 loras=[lr.name for lr in entry.loras],
+                endpoint=entry.endpoint,
             )
         )
 
@@ -434,48 +582,56 @@ class _Engine:
             self.done += 1
             self._outstanding -= 1
             self._cv.notify_all()
-        self.emit("finished", result.id, result)
+        self.emit("finished", result.id, result, endpoint=result.endpoint)
 
     # ------------------------------------------------------------ preparing
 
-    def _prepare(self, entry: _Entry) -> dict[str, Any]:
+    def _prepare(self, ep: _Endpoint, entry: _Entry) -> dict[str, Any]:
+        """The job's workflow for ``ep``: images uploaded there, LoRAs resolved there,
+        checked against its node list."""
         job = entry.job
         values = job.values()
         # ComfyUI's own copy lands in output/comfyfleet/<batch>/<job>_NNNNN_.png.
         values.setdefault("filename_prefix", f"comfyfleet/{self.batch_id}/{job.id}")
         values.setdefault("id", job.id)  # a column like any other: "{{id}}" works
         for column, source in job.image_inputs().items():
-            values[column] = self._upload(source)
-        entry.loras = self.loras.resolve(job.loras) if job.loras else []
+            values[column] = self._upload(ep, source)
+        entry.loras = ep.loras.resolve(job.loras) if job.loras else []
         workflow = build_workflow(job.workflow, values)
         if entry.loras:
             specs = [LoraSpec(lr.name, lr.strength_model, lr.strength_clip) for lr in entry.loras]
             workflow = apply_loras(workflow, specs)
-        self.checker.check(workflow)
+        ep.checker.check(workflow)
         return workflow
 
-    def _upload(self, source: str) -> str:
-        with self._memo_lock:
-            known = self._uploads.get(source)
-        if known is not None:
-            return known
-        target: str | Path = source if source.startswith(("http://", "https://")) else Path(source)
-        ref = self.client.upload_image(target).ref
-        with self._memo_lock:
-            self._uploads[source] = ref
-        return ref
+    def _upload(self, ep: _Endpoint, source: str) -> str:
+        # One upload per image and endpoint, also when two feeders need it at once.
+        with self._cv:
+            lock = ep.upload_locks.setdefault(source, threading.Lock())
+        with lock:
+            known = ep.uploads.get(source)
+            if known is not None:
+                return known
+            target: str | Path = (
+                source if source.startswith(("http://", "https://")) else Path(source)
+            )
+            ref = ep.client.upload_image(target).ref
+            ep.uploads[source] = ref
+            return ref
 
     # ------------------------------------------------------------ finishing
 
-    def _finish(self, entry: _Entry, result: PromptResult, finished: float) -> None:
+    def _finish(self, ep: _Endpoint, entry: _Entry, result: PromptResult, finished: float) -> None:
         job = entry.job
         try:
             prefix = job_prefix(self.batch_id, job.id)
-            keys = store_outputs(self.client, self.store, prefix, result.outputs, clean=True)
-            video = self.video.run(job, result.outputs, keys) if job.video else None
+            # clean=True: what an abandoned attempt (an earlier run, an endpoint lost
+            # midway) left in the job's folder is removed before this attempt's files land.
+            keys = store_outputs(ep.client, self.store, prefix, result.outputs, clean=True)
+            video = ep.video.run(job, result.outputs, keys) if job.video else None
             video_keys = video.keys if video else []
         except Exception as exc:  # noqa: BLE001
-            self._retry_or_fail(entry, exc)
+            self._retry_or_fail(ep, entry, exc)
             return
         waited = finished - entry.submitted
         self._complete(
@@ -494,6 +650,7 @@ class _Engine:
                 fingerprint=job.fingerprint(),
                 finished_at=now_iso(),
                 loras=[lr.name for lr in entry.loras],
+                endpoint=ep.name,
             )
         )
 
@@ -538,10 +695,33 @@ def _resume_plan(
     return skipped, todo
 
 
+def _endpoint_specs(
+    client: ComfyBatchAPI | None,
+    endpoints: Sequence[BatchEndpoint] | None,
+    loras: LoraResolver | None,
+) -> list[BatchEndpoint]:
+    if (client is None) == (endpoints is None):
+        raise ConfigError(
+            "run_batch needs either client= (one ComfyUI) or endpoints= (one or many)",
+            hint="pass exactly one of them",
+        )
+    specs = [BatchEndpoint(client, loras=loras)] if client is not None else list(endpoints or ())
+    if not specs:
+        raise ConfigError("no ComfyUI endpoint to run the batch on", hint="pass at least one")
+    names = [s.name or s.client.base_url for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"endpoint named twice: {', '.join(repeated)}", hint="give endpoints distinct names"
+        )
+    return specs
+
+
 def run_batch(
     jobs: Sequence[Job],
     *,
-    client: ComfyBatchAPI,
+    client: ComfyBatchAPI | None = None,
+    endpoints: Sequence[BatchEndpoint] | None = None,
     store: ObjectStore,
     batch_id: str,
     options: BatchOptions = DEFAULT_OPTIONS,
@@ -551,7 +731,8 @@ def run_batch(
     catalog_vram: Mapping[str, float] | None = None,
     catalog_files: Mapping[str, str] | None = None,
 ) -> BatchReport:
-    """Run ``jobs`` on ComfyUI (see the module docstring) and return the report.
+    """Run ``jobs`` on one ComfyUI (``client``, with ``loras`` its LoRA resolver) or over
+    many (``endpoints``) and return the report (see the module docstring).
 
     ``catalog_vram`` maps model file names to the VRAM (GiB) they need, for the local video
     decision (``{m.file: m.min_vram_gb for m in catalog.models.values()}``);
@@ -559,6 +740,7 @@ def run_batch(
     missing model names what to mirror (:func:`comfyfleet.generate.preflight.catalog_files`).
     """
     check_batch_id(batch_id)
+    specs = _endpoint_specs(client, endpoints, loras)
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -569,17 +751,11 @@ def run_batch(
         threading.Thread(target=_import_parquet, daemon=True, name="comfyfleet-import").start()
     ledger = ResultsLedger(store, batch_id)
     skipped, todo = _resume_plan(jobs, ledger, store)
-    checker = WorkflowChecker(client, catalog_files=catalog_files)
-    engine = _Engine(
-        client=client,
-        store=store,
-        batch_id=batch_id,
-        options=options,
-        loras=loras or LoraResolver(client, store=store),
-        ledger=ledger,
-        on_event=on_event,
-        video=VideoStage(
-            client=client,
+    running: list[_Endpoint] = []
+    for spec in specs:
+        checker = WorkflowChecker(spec.client, catalog_files=catalog_files)
+        video = VideoStage(
+            client=spec.client,
             store=store,
             batch_id=batch_id,
             settings=options.video,
@@ -588,8 +764,16 @@ def run_batch(
             retries=options.retries,
             backoff_s=options.retry_backoff_s,
             fal=fal,
-        ),
-        checker=checker,
+        )
+        spec = replace(spec, loras=spec.loras or LoraResolver(spec.client, store=store))
+        running.append(_Endpoint(spec, video, checker))
+    engine = _Engine(
+        endpoints=running,
+        store=store,
+        batch_id=batch_id,
+        options=options,
+        ledger=ledger,
+        on_event=on_event,
         total=len(jobs),
         done=len(skipped),
     )
@@ -607,6 +791,7 @@ def run_batch(
         results_key=ledger.key,
         summary_key=f"outputs/{batch_id}/{SUMMARY_FILE}",
         stopped=engine.stopped,
+        endpoints={ep.name: ep.dropped for ep in running},
     )
     try:
         store.put_bytes(
@@ -621,23 +806,31 @@ def generate_from_file(
     jobs_file: str | Path,
     options: BatchOptions = DEFAULT_OPTIONS,
     *,
-    comfy_url: str,
+    endpoints: Sequence[ComfyEndpoint] | None = None,
+    comfy_url: str | None = None,
     store: ObjectStore,
     tokens: Tokens | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
 ) -> BatchReport:
-    """The batch driver the CLI and the flow both call: read a jobs file, connect to
-    ComfyUI and run the batch with ``options``.
+    """The batch driver the CLI, the flows and the fleet call: read a jobs file, connect to
+    every ComfyUI of ``endpoints`` (or the one ``comfy_url``) and run the batch over them.
 
     ``options.batch_id`` defaults to ``<jobs file stem>-<8 hex of its sha256>``, so running
     the same file again resumes it. ``options.catalog_paths`` (default: the built-in
     catalog) give LoRA ids and the VRAM the video models need; ``options.comfy_root``
-    enables pulling LoRAs on demand.
+    enables pulling LoRAs on demand (into that one folder: for ComfyUIs sharing this host's
+    disk). Endpoints that do not answer within ``options.ready_timeout_s`` are left out
+    (reported as dropped); when none answers, the first one's error is raised.
     """
     from comfyfleet.catalog import load_catalog
     from comfyfleet.comfy.client import ComfyClient
     from comfyfleet.generate.jobs import read_jobs
 
+    if endpoints is None:
+        if not comfy_url:
+            raise ConfigError("no ComfyUI endpoint given", hint="pass --comfy-url URL")
+        endpoints = [ComfyEndpoint(comfy_url)]
+    check_unique(endpoints)
     jobs = read_jobs(jobs_file)
     batch = options.batch_id or default_batch_id(jobs_file)
     catalog = load_catalog(list(options.catalog_paths) or None)
@@ -647,20 +840,58 @@ def generate_from_file(
             f"--comfy-root {root} is not a directory",
             hint="pass the ComfyUI folder (the one holding models/)",
         )
-    with ComfyClient(comfy_url) as client:
-        client.wait_ready(timeout=options.ready_timeout_s)
-        resolver = LoraResolver(
-            client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
-        )
+    with contextlib.ExitStack() as stack:
+        clients = {
+            e.label: stack.enter_context(
+                ComfyClient(
+                    e.url, token=e.token, reconnect_timeout=min(30.0, options.endpoint_timeout_s)
+                )
+            )
+            for e in endpoints
+        }
+        unready = _wait_all_ready(clients, options.ready_timeout_s)
+        specs = [
+            BatchEndpoint(
+                client,
+                name=label,
+                loras=LoraResolver(
+                    client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
+                ),
+            )
+            for label, client in clients.items()
+            if label not in unready
+        ]
         vram = {m.file: m.min_vram_gb for m in catalog.models.values() if m.min_vram_gb}
-        return run_batch(
+        report = run_batch(
             jobs,
-            client=client,
+            endpoints=specs,
             store=store,
             batch_id=batch,
             options=options,
-            loras=resolver,
             on_event=on_event,
             catalog_vram=vram,
             catalog_files=catalog_file_ids(catalog.models.values()),
         )
+    for label, error in unready.items():
+        report.endpoints[label] = f"not ready: {describe(error)}"
+    return report
+
+
+def _wait_all_ready(
+    clients: Mapping[str, ComfyClient], timeout: float
+) -> dict[str, ComfyfleetError]:
+    """Wait for every ComfyUI at once; the ones that did not answer, with their error.
+    Raises the first error when none answered."""
+    failed: dict[str, ComfyfleetError] = {}
+
+    def ready(label: str) -> None:
+        try:
+            clients[label].wait_ready(timeout=timeout)
+        except ComfyfleetError as exc:
+            failed[label] = exc
+
+    with ThreadPoolExecutor(max(1, len(clients)), thread_name_prefix="comfyfleet-ready") as pool:
+        list(pool.map(ready, list(clients)))
+    if len(failed) == len(clients):
+        raise next(iter(failed[label] for label in clients))
+    return failed

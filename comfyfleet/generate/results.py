@@ -44,7 +44,8 @@ class JobResult:
     ``seconds``: ComfyUI execution time of the job's prompts; ``queue_wait``: time between
     submission and the start of execution (ours: submitted -> finished minus executing);
     ``wall_seconds``: first submission to the last output stored; ``video_path``: ``local``,
-    ``fal`` or empty; ``attempt``: submissions made (1 = first try).
+    ``fal`` or empty; ``attempt``: submissions made (1 = first try); ``endpoint``: the
+    ComfyUI that ran it (of a failed job: the last one tried, empty if none).
     """
 
     id: str
@@ -62,6 +63,7 @@ class JobResult:
     fingerprint: str = ""
     finished_at: str = ""
     loras: list[str] = field(default_factory=list)
+    endpoint: str = ""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class JobResult:
             "fingerprint": self.fingerprint,
             "finished_at": self.finished_at,
             "loras": list(self.loras),
+            "endpoint": self.endpoint,
         }
 
     @classmethod
@@ -101,6 +104,7 @@ class JobResult:
             fingerprint=str(row.get("fingerprint") or ""),
             finished_at=str(row.get("finished_at") or ""),
             loras=[str(x) for x in (row.get("loras") or [])],
+            endpoint=str(row.get("endpoint") or ""),
         )
 
 
@@ -115,6 +119,8 @@ class BatchReport:
     results_key: str
     summary_key: str
     stopped: str = ""
+    # name -> "" while it served, else why it was dropped
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -173,6 +179,14 @@ class BatchReport:
         if videos:
             local = sum(1 for r in videos if r.video_path == "local")
             lines.append(f"- video stages: {local} local, {len(videos) - local} on fal.ai")
+        if len(self.endpoints) > 1 or any(self.endpoints.values()):
+            ran: dict[str, int] = {}
+            for r in self.results:
+                if r.status == "ok":
+                    ran[r.endpoint] = ran.get(r.endpoint, 0) + 1
+            for name, dropped in self.endpoints.items():
+                state = f"; **dropped**: {dropped}" if dropped else ""
+                lines.append(f"- endpoint `{name}`: {ran.get(name, 0)} job(s) run{state}")
         if self.stopped:
             lines.append(f"- **stopped early**: {self.stopped}")
         failed = [r for r in self.results if r.status == "failed"]
@@ -279,6 +293,7 @@ _RESULT_FIELDS: list[tuple[str, str]] = [
     ("fingerprint", "string"),
     ("finished_at", "string"),
     ("loras", "list<string>"),
+    ("endpoint", "string"),
 ]
 
 

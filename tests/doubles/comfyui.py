@@ -43,10 +43,16 @@ Knobs (attributes; change them while the server runs):
                         restart; files and models stay).
 ``max_upload_size``     bytes; bigger request bodies get 413 (aiohttp's client_max_size).
 ``devices``             the ``devices`` list of /system_stats (default: the recorded CPU one).
+``gateway_token``       behave as ComfyUI behind the fleet's gateway (comfyfleet/fleet/gateway.py):
+                        every request, the ``/ws`` upgrade included, needs ``Authorization:
+                        Bearer <token>``; without it (or with another token) the answer is
+                        the gateway's ``401`` JSON body and nothing reaches ComfyUI (``refused``
+                        records them). ``/healthz`` answers ``ok`` without a token.
 
 Records for assertions: ``files`` ((type, subfolder, name) -> bytes), ``requests``
 ((method, path)), ``accepted`` (queued /prompt items), ``timeline`` (``Run`` per executed
-prompt with monotonic start/end), ``free_calls``, ``interrupt_calls``.
+prompt with monotonic start/end), ``free_calls``, ``interrupt_calls``, ``refused``
+((method, path) turned away by the gateway check).
 
 Helpers: ``start()``/``stop()`` (or ``with FakeComfyUI() as fake``), ``url``/``port``,
 ``restart()``, ``wait_stopped()``, ``wait_idle()``, ``idle_gaps()`` (seconds between one
@@ -64,8 +70,10 @@ import contextlib
 import copy
 import hashlib
 import heapq
+import hmac
 import io
 import json
+import logging
 import mimetypes
 import posixpath
 import random
@@ -94,6 +102,9 @@ from .comfyui_nodes import MODEL_FOLDERS, NODES, NODES_BY_NAME, SAMPLER_CLASSES,
 
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
+# websockets logs handshake headers (a gateway token) at DEBUG; the double's stay quiet.
+_WIRE_LOG = logging.getLogger("tests.doubles.comfyui.wire")
+_WIRE_LOG.setLevel(logging.INFO)
 BAD_LINK_MESSAGE = "Bad linked input, must be a length-2 list of [node_id, slot_index]"
 ERROR_500 = b"500 Internal Server Error\n\nServer got itself in trouble"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tiff")
@@ -358,6 +369,14 @@ class _Server(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+# The gateway's refusal, as comfyfleet/fleet/gateway.py words it.
+GATEWAY_401 = {
+    "error": "unauthorized",
+    "message": "missing or wrong token: send the header 'Authorization: Bearer <token>' "
+    "(the fleet's gateway token)",
+}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -426,6 +445,15 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         with fake._lock:
             fake.requests.append((method, path))
+        if fake.gateway_token is not None and not self._gateway_allows(fake, path):
+            with fake._lock:
+                fake.refused.append((method, path))
+            self.close_connection = path == "/ws"
+            self._send(_json(GATEWAY_401, 401))
+            return
+        if fake.gateway_token is not None and path == "/healthz":
+            self._send(_Response(200, b"ok", TEXT_TYPE))
+            return
         if _origin_forbidden(self.headers.get("Host"), self.headers.get("Origin")):
             self._send(_empty(403))
             return
@@ -447,8 +475,17 @@ class _Handler(BaseHTTPRequestHandler):
             response = _Response(500, ERROR_500, TEXT_TYPE)
         self._send(response)
 
+    def _gateway_allows(self, fake: FakeComfyUI, path: str) -> bool:
+        if path == "/healthz":
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(
+            token.encode(), (fake.gateway_token or "").encode()
+        )
+
     def _send(self, response: _Response) -> None:
-        reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+                  404: "Not Found",
                   405: "Method Not Allowed", 413: "Request Entity Too Large",
                   500: "Internal Server Error"}.get(response.status, "")  # fmt: skip
         try:
@@ -469,7 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _websocket(self, query: Mapping[str, str]) -> None:
         fake = self.server.fake
         request = WSRequest(self.path, WSHeaders(list(self.headers.items())))
-        answer = ServerProtocol().accept(request)
+        answer = ServerProtocol(logger=_WIRE_LOG).accept(request)
         try:
             self.wfile.write(answer.serialize())
         except OSError:
@@ -564,6 +601,8 @@ class FakeComfyUI:
         self.die_after_prompts: int | None = None
         self.max_upload_size = 100 * 2**20
         self.devices: list[dict[str, Any]] = [dict(RECORDED_DEVICE)]
+        self.gateway_token: str | None = None
+        self.refused: list[tuple[str, str]] = []
 
         self.files: dict[tuple[str, str, str], bytes] = {}
         self.requests: list[tuple[str, str]] = []

@@ -161,7 +161,7 @@ def test_results_table_contents(
     assert list(frame.columns) == [
         "id", "status", "workflow", "seconds", "queue_wait", "wall_seconds", "outputs",
         "video_path", "video_seconds", "error", "prompt_id", "attempt", "fingerprint",
-        "finished_at", "loras",
+        "finished_at", "loras", "endpoint",
     ]  # fmt: skip
     rows = {r["id"]: r for r in frame.to_dict(orient="records")}
     assert rows["a"]["status"] == "ok" and list(rows["a"]["outputs"]) == report.results[0].outputs
@@ -246,7 +246,8 @@ def test_comfyui_dies_midway_and_rerun_resumes(store: ObjectStore, make_jobs: Jo
             client=client,
             store=store,
             batch_id="crash",
-            options=BatchOptions(retries=1, retry_backoff_s=0.05),
+            # A ComfyUI that stays unreachable for a second is given up (default 30 s).
+            options=BatchOptions(retries=1, retry_backoff_s=0.05, endpoint_timeout_s=1.0),
         )
     done_first = {r.id for r in report.results if r.status == "ok"}
     failed_first = {r.id for r in report.results if r.status == "failed"}

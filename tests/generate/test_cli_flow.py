@@ -223,3 +223,44 @@ def test_cli_checks_every_workflow_file_first(
     assert code == 2
     assert "broken.json is not valid JSON" in capsys.readouterr().err
     assert fake.accepted == [] and not any(p == "/prompt" for _, p in fake.requests)
+
+
+def test_cli_spreads_a_batch_over_many_comfyuis_with_a_token_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "cli-gateway-token-0123456789abcdef"
+    monkeypatch.setenv("COMFYFLEET_COMFY_TOKEN", token)
+    jobs = write_jobs(tmp_path, [
+        {"id": f"m{k}", "workflow": "sdxl_txt2img", "prompt": "x", "seed": k} for k in range(8)
+    ])  # fmt: skip
+    with FakeComfyUI(execution_time=0.02) as a, FakeComfyUI(execution_time=0.02) as b:
+        a.gateway_token = b.gateway_token = token
+        argv = ["generate", str(jobs), "--comfy-url", a.url, "--comfy-url", b.url,
+                "--comfy-token-env", "COMFYFLEET_COMFY_TOKEN", "--store",
+                str(tmp_path / "store"), "--json"]  # fmt: skip
+        assert main(argv) == 0
+        assert a.refused == [] and b.refused == []
+        assert a.accepted and b.accepted  # both took jobs
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert set(out["endpoints"]) == {a.url, b.url}
+    assert {j["endpoint"] for j in out["jobs"]} == {a.url, b.url}
+    assert token not in captured.out + captured.err
+    # Without the token the gateway refuses, and the error says how to pass one.
+    monkeypatch.delenv("COMFYFLEET_COMFY_TOKEN")
+    with FakeComfyUI() as gated:
+        gated.gateway_token = token
+        code = main(["generate", str(jobs), "--comfy-url", gated.url, "--store",
+                     str(tmp_path / "store2")])  # fmt: skip
+    assert code != 0
+    assert "no token was given" in capsys.readouterr().err
+
+
+def test_flow_endpoint_references_take_one_url_or_many() -> None:
+    from flows.generate import _endpoint_refs
+
+    assert _endpoint_refs("http://a:1", None, None, None) == [{"url": "http://a:1"}]
+    assert _endpoint_refs(["http://a:1", "http://b:2"], None, "COMFYFLEET_COMFY_TOKEN", None) == [
+        {"url": "http://a:1", "token_env": "COMFYFLEET_COMFY_TOKEN"},
+        {"url": "http://b:2", "token_env": "COMFYFLEET_COMFY_TOKEN"},
+    ]

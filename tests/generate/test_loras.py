@@ -48,11 +48,23 @@ def comfy_root(tmp_path: Path, fake: FakeComfyUI) -> Path:
 
 
 def lora_chain(fake: FakeComfyUI) -> list[list[tuple[str, float]]]:
-    return [
-        [(n["inputs"]["lora_name"], n["inputs"]["strength_model"]) for n in item[2].values()
-         if n["class_type"] == "LoraLoader"]
+    """The LoraLoader chain of each accepted prompt, in job order (feeders prepare jobs in
+    parallel, so a job whose LoRA is mirrored first may be submitted after the next one)."""
+    by_job = {
+        _job_of(item[2]): [
+            (n["inputs"]["lora_name"], n["inputs"]["strength_model"])
+            for n in item[2].values()
+            if n["class_type"] == "LoraLoader"
+        ]
         for item in fake.accepted
-    ]  # fmt: skip
+    }
+    return [by_job[job] for job in sorted(by_job)]
+
+
+def _job_of(prompt: dict[str, Any]) -> str:
+    prefixes = [n["inputs"]["filename_prefix"] for n in prompt.values()
+                if "filename_prefix" in n.get("inputs", {})]  # fmt: skip
+    return str(prefixes[0]).rsplit("/", 1)[-1]
 
 
 def test_catalog_id_and_link_are_mirrored_pulled_and_chained(
