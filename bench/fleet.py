@@ -149,8 +149,12 @@ def one_run(
                 killed_at.append(time.monotonic() - began)
 
             threading.Thread(target=killer, daemon=True).start()
+        retries: list[str] = []
         report = run_batch(
             _jobs(jobs),
+            on_event=lambda e: (
+                retries.append(f"{e.job_id}: {e.message}") if e.kind == "retry" else None
+            ),
             endpoints=endpoints,
             store=store,
             batch_id="bench",
@@ -179,6 +183,7 @@ def one_run(
         "duplicates": sum(c - 1 for c in ids.values()) + sum(1 for f in per_job_files if f > 1),
         "missing_outputs": sum(1 for f in per_job_files if f == 0),
         "dropped": {k: v for k, v in report.endpoints.items() if v},
+        "retries": retries,
     }
     if kill and killed_at:
         t_kill = killed_at[0]

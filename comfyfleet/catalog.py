@@ -44,6 +44,7 @@ from pydantic_core import ErrorDetails
 
 from comfyfleet.comfy.folders import KNOWN_FOLDERS, http_folder
 from comfyfleet.errors import CatalogError
+from comfyfleet.store.uris import redact_uri
 
 SCHEMA_VERSION = 1
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -170,8 +171,8 @@ class URLSource(_Strict):
     url: str
 
     def describe(self) -> str:
-        # The query may hold a token or a signature: never show it.
-        return self.url.split("?", 1)[0]
+        # The query may hold a token or a signature, the userinfo a password: never show them.
+        return redact_uri(self.url.split("?", 1)[0])
 
 
 class S3Source(_Strict):
@@ -304,6 +305,17 @@ class Catalog(BaseModel):
         names.discard(AUTO_PROFILE)
         return sorted(names)
 
+    def require_profile(self, name: str, *, accept_auto: bool = False) -> None:
+        """Refuse a profile name the catalog does not know. ``auto`` is listed in the hint
+        only where the caller takes it (``warmup --profile``; mirror, ``catalog list`` and
+        ``render dockerfile`` need a fixed list of models)."""
+        if name == FULL_PROFILE or (accept_auto and name == AUTO_PROFILE):
+            return
+        if name in self.profiles or any(name in m.profiles for m in self.models.values()):
+            return
+        names = self.profile_names() + ([AUTO_PROFILE] if accept_auto else [])
+        raise CatalogError(f"unknown profile {name!r}", hint=f"known profiles: {', '.join(names)}")
+
     def profile_ids(self, name: str) -> list[str]:
         """Model ids of profile ``name`` in catalog order (``full`` = every model)."""
         if name == FULL_PROFILE:
@@ -315,11 +327,7 @@ class Catalog(BaseModel):
                 hint=f"name a concrete profile ({', '.join(self.profile_names())}), "
                 "or let `comfyfleet warmup --profile auto` choose",
             )
-        if name not in self.profiles and not any(name in m.profiles for m in self.models.values()):
-            raise CatalogError(
-                f"unknown profile {name!r}",
-                hint=f"known profiles: {', '.join(self.profile_names())}, auto",
-            )
+        self.require_profile(name)
         wanted: set[str] = set()
         self._collect(name, wanted, seen=set())
         return [mid for mid in self.models if mid in wanted]

@@ -165,7 +165,15 @@ INPUT_PARAMETERS = ("store", "store_block", "catalog", "report_path")
 _D = WarmupOptions
 
 
-@flow(name="warmup", log_prints=False)
+def _run_name() -> str:
+    """``warmup-<instance id>``: the UI shows which instance each run warmed."""
+    from prefect.runtime import flow_run
+
+    instance = flow_run.parameters.get("instance_id") or "local"
+    return f"warmup-{instance}"
+
+
+@flow(name="warmup", flow_run_name=_run_name, log_prints=False)
 def warmup(
     comfy_root: str,
     store: str | None = None,

@@ -12,6 +12,7 @@ from comfyfleet.catalog import (
     SHA256_RE,
     CivitaiSource,
     HFSource,
+    URLSource,
     builtin_catalog_path,
     catalog_warnings,
     load_catalog,
@@ -153,6 +154,12 @@ def test_unknown_and_auto_profiles_are_refused() -> None:
     with pytest.raises(CatalogError, match="unknown profile 'nope'") as info:
         catalog.select(profile="nope")
     assert info.value.hint and "minimal" in info.value.hint
+    assert info.value.hint is not None and "auto" not in info.value.hint  # select takes no auto
+    with pytest.raises(CatalogError, match="unknown profile 'nope'") as warmup:
+        catalog.require_profile("nope", accept_auto=True)  # warmup --profile takes auto
+    assert warmup.value.hint is not None and warmup.value.hint.endswith(", auto")
+    catalog.require_profile("auto", accept_auto=True)
+    catalog.require_profile("minimal")
     with pytest.raises(CatalogError, match="chosen on the instance"):
         catalog.profile_ids("auto")
     with pytest.raises(CatalogError, match="unknown model id 'nope'"):
@@ -546,3 +553,8 @@ def test_validation_is_carved_into_short_checks() -> None:
         and node.end_lineno - node.lineno + 1 > 80
     }
     assert long == {}
+
+
+def test_url_source_describe_hides_userinfo_and_query() -> None:
+    source = URLSource(type="url", url="https://user:s3cret@example.com/m.safetensors?token=t0k")
+    assert source.describe() == "https://***@example.com/m.safetensors"

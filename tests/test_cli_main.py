@@ -72,4 +72,5 @@ def test_every_command_takes_json() -> None:
         for name, parser in leaves
         if not any("--json" in a.option_strings for a in parser._actions)  # type: ignore[attr-defined]
     ]
-    assert missing == []
+    # `gateway` is a server that runs until stopped: it has no result document to print.
+    assert missing == ["gateway"]

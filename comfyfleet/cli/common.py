@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
+
+from comfyfleet.units import parse_number
 
 
 def add_catalog_option(parser: argparse.ArgumentParser) -> None:
@@ -40,22 +41,14 @@ def print_json(data: Any) -> None:
 
 
 def _number(kind: type[int] | type[float], *, minimum: float, inclusive: bool) -> Any:
-    """An argparse ``type`` that parses ``kind`` and refuses values below ``minimum``, and
-    ``nan``/``inf`` (which ``float()`` accepts and every comparison would let through)."""
-    relation = ">=" if inclusive else ">"
+    """An argparse ``type`` that parses ``kind`` and refuses ``nan``/``inf`` and values below
+    ``minimum`` (the one check: ``comfyfleet.units.parse_number``)."""
 
     def parse(text: str) -> int | float:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-        if not math.isfinite(value):  # nan compares false with everything: check first
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
-        return value
+            return parse_number(text, kind, minimum=minimum, inclusive=inclusive)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse

@@ -23,10 +23,10 @@ def resolve_store(args: argparse.Namespace) -> ObjectStore:
 def load_store_block(name: str) -> ObjectStore:
     """Open the store of the saved ``comfyfleet-store`` block ``name`` (or ``slug/name``)."""
     try:
-        from blocks import ComfyfleetStore, load
+        from blocks import open_store_block
     except ImportError as exc:
         raise StoreConfigError(
             f"cannot load store block {name!r}: the 'blocks' package is not importable ({exc})",
             hint="install comfyfleet with its blocks (pip install -e .) or use --store URI",
         ) from exc
-    return load(ComfyfleetStore, name).open()
+    return open_store_block(name)

@@ -1,4 +1,12 @@
-"""ComfyUI integration: the client, input images, workflow builders and user templates."""
+"""ComfyUI integration, everything comfyfleet knows about ComfyUI in one package.
+
+- ``client``: the HTTP/WebSocket client (``ComfyClient``; bearer token for a gateway).
+- ``tracking``: following a prompt to its outputs (events, history polling, failures).
+- ``process``: starting and supervising a ComfyUI process, ``wait_ready``, ``ComfyProbe``.
+- ``folders``: the one list of model folders, extensions and legacy names.
+- ``workflows`` / ``template``: built-in workflow builders and user API-format templates.
+- ``images`` / ``ws``: input images for ``/upload/image``; the WebSocket event listener.
+"""
 
 from __future__ import annotations
 

@@ -533,38 +533,6 @@ def failed_result(model: ModelFile, exc: BaseException, seconds: float) -> Mirro
     )
 
 
-def mirror_model(
-    model: ModelFile,
-    store: ObjectStore,
-    *,
-    tokens: Tokens,
-    settings: TransferSettings | None = None,
-    force: bool = False,
-    http: httpx.Client | None = None,
-    progress: ProgressSubscriber | None = None,
-    manifest: Mapping[str, ManifestEntry] | None = None,
-    sleep: Sleep = time.sleep,
-    cancel: threading.Event | None = None,
-) -> MirrorResult:
-    """Like :func:`mirror_file`, but a failure becomes a ``failed`` result, not an exception."""
-    began = time.monotonic()
-    try:
-        return mirror_file(
-            model,
-            store,
-            tokens=tokens,
-            settings=settings,
-            force=force,
-            http=http,
-            progress=progress,
-            manifest=manifest,
-            sleep=sleep,
-            cancel=cancel,
-        )
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the run goes on
-        return failed_result(model, exc, time.monotonic() - began)
-
-
 def manifest_entries(results: Sequence[MirrorResult]) -> list[ManifestEntry]:
     """The entries of every mirrored or skipped file, for one manifest update."""
     return [r.entry for r in results if r.entry is not None and r.status != "failed"]

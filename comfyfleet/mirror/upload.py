@@ -96,7 +96,7 @@ class TransferSettings:
     ``source_attempts`` failed reads in a row (no byte received in between) give up;
     waits grow from ``backoff_base`` seconds, doubling, up to ``backoff_max``; a
     ``Retry-After`` longer than ``max_retry_after`` is not waited for but raised.
-    ``file_attempts`` bounds how often :func:`comfyfleet.mirror.driver.mirror_model` starts a file
+    ``file_attempts`` bounds how often :func:`comfyfleet.mirror.driver.mirror_file` starts a file
     over after a transient failure or a corrupted transfer.
     """
 

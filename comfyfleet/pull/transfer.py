@@ -31,7 +31,8 @@ fsync it did not do), the hash catches it and the retry starts from scratch.
 defaults): each range is received into one of that many page-aligned buffers, which goes
 back to the pool once the hasher has consumed it. Ranges are read with presigned URLs
 straight into those buffers when the store can presign (``httprange``), else with
-``store.get_range``; the aligned bulk is written with ``O_DIRECT`` (``direct_io``).
+``store.get_range``; they are written with ``O_DIRECT`` (``direct_io``), or through the
+page cache with write-behind (``writeback``): see ``PullSettings`` for the measurements.
 
 **Concurrency**: every ``.part`` is ``flock``-ed while written, so two processes can never
 write the same file; the warm-up also holds ``lock.RootLock`` for the whole root.
@@ -68,6 +69,7 @@ from comfyfleet.errors import (
 from comfyfleet.files import STATE_DIR, fsync_dir, is_sha256, write_atomic
 from comfyfleet.pull.disk import device_of, existing_parent, free_bytes, preflight
 from comfyfleet.pull.httprange import PresignedRangeReader
+from comfyfleet.pull.writeback import WriteBehind, libc_sync_file_range
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.units import format_bytes
 
@@ -75,6 +77,10 @@ MiB = 1024 * 1024
 # O_DIRECT needs buffers, offsets and lengths aligned to the device's logical block size;
 # 4096 covers 512-byte and 4K devices alike.
 _ALIGN = 4096
+# Write-behind: how far behind the newest range a worker waits for writeback (bounds the
+# dirty memory per file); None: never waits, only starts each range's writeback. Measured
+# (issue 11, 1 GiB in 2 files, median of 5): waiting 512 MiB behind 4.0 s, no waits 2.9 s.
+WRITE_BEHIND_WAIT_BYTES: int | None = None
 PART_SUFFIX = ".part"
 JOURNAL_SUFFIX = ".part.journal"
 MARKERS_DIR = "markers"
@@ -103,11 +109,30 @@ class PullSettings:
     - ``fsync``: make data durable before the rename and before each journal write.
     - ``hash``: ``False`` switches sha256 off entirely (benchmarks only: nothing is verified
       and no marker is written).
-    - ``direct_io``: write the block-aligned bulk of each range with ``O_DIRECT`` where the
-      filesystem allows it (else buffered, silently). It skips the page-cache copy (about 1
-      CPU-s per GiB on a small VM, as much as the sha256 itself) and leaves no dirty pages
-      for the fsync to flush; the price is that the files are not in the page cache
-      afterwards, so ComfyUI reads them from disk. ``False`` keeps them cached.
+    - ``direct_io`` and ``write_behind``: the write path, chosen by measurement (issue 11:
+      what a cold start pays is the pull *and* ComfyUI's read of every file right after it).
+      Default (``direct_io=True``): the block-aligned bulk of each range with ``O_DIRECT``
+      where the filesystem allows it (else buffered, silently): no page-cache copy and no
+      IO submission on the pull's CPU, but ComfyUI then reads every file from disk.
+      ``direct_io=False``: buffered writes, the files stay in the page cache (the model load
+      is a memory copy); with ``write_behind`` (the default there) each range's writeback is
+      started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), else
+      the fsync before the rename flushes the whole file. Measured on the shared 2-core VM
+      (load 5-10, caches dropped, pull + read every file), 512 MiB in 6 files,
+      ``bench/warmup.py --runs 5`` with the variants' order shuffled per run: direct 1.77 s,
+      write-behind 1.98 s, buffered 2.20 s, client CPU 0.94 / 1.33 / 1.60 s: on a
+      CPU-starved box the page-cache copy and the IO submission cost more than the read-back
+      from disk saves (0.25-0.3 s for 512 MiB), so O_DIRECT stays the default. (Earlier
+      sessions with a fixed order swung +-40% with whichever path ran right after s5cmd.)
+      1 GiB in 2 files, median of 12-17 runs over three sessions: write-behind 2.93 s,
+      buffered 2.99 s, direct 3.22 s (read-back alone 0.06 s vs 0.7-1.2 s): on a many-core
+      host with
+      multi-GB files, where O_DIRECT writes were the limit (issue 11: 0.45-0.52x bare s5cmd
+      on a 16-core host), try ``direct_io=False``. Waiting for writeback in the workers
+      (``WRITE_BEHIND_WAIT_BYTES``) measured slowest (4.0-4.3 s on the 1 GiB set), so
+      write-behind only starts it.
+      Durability is the same on every path: fdatasync before each journal write, fsync
+      before the rename.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
       (``httprange``) when the store can presign; falls back to ``store.get_range`` (boto3)
       if the endpoint refuses them. ``False``: always ``store.get_range``.
@@ -122,6 +147,7 @@ class PullSettings:
     fsync: bool = True
     hash: bool = True
     direct_io: bool = True
+    write_behind: bool = True
     fast_http: bool = True
     buffered_ranges: int | None = None
     journal_interval_s: float = 2.0
@@ -591,6 +617,7 @@ class _FileJob:
         self.resumed_bytes = 0
         self.fd: int | None = None  # buffered: lock, allocate, tails, fsync, read back
         self.dfd: int | None = None  # O_DIRECT: the aligned bulk of every range
+        self.behind: WriteBehind | None = None  # buffered: start each range's writeback
         self.fd_users = 0
         self.failed: BaseException | None = None
         self.finishing = False
@@ -628,8 +655,13 @@ class _FileJob:
                 os.ftruncate(fd, 0)
                 _preallocate(fd, item)
                 todo = list(range(len(self.ranges)))
-            if todo and self.settings.direct_io and self.settings.range_size % _ALIGN == 0:
+            rs = self.settings.range_size
+            if todo and self.settings.direct_io and rs % _ALIGN == 0:
                 self.dfd = _open_direct(item.part)
+            if todo and self.dfd is None and self.settings.fsync and self.settings.write_behind:
+                wait = WRITE_BEHIND_WAIT_BYTES
+                window = None if wait is None else max(self.settings.max_workers, wait // rs)
+                self.behind = WriteBehind(fd, window=window, syscall=libc_sync_file_range())
         except BaseException:
             os.close(fd)
             raise
@@ -651,8 +683,9 @@ class _FileJob:
                 self.fd_free.notify_all()
 
     def write(self, fd: int, view: memoryview, offset: int) -> None:
-        """Write one range: its block-aligned bulk with O_DIRECT (no page-cache copy, no
-        dirty pages to flush later), the unaligned tail of a file's last range buffered."""
+        """Write one range: buffered, then its writeback started (``write_behind``); or,
+        with ``direct_io``, its block-aligned bulk with O_DIRECT and the unaligned tail of a
+        file's last range buffered."""
         dfd = self.dfd
         bulk = len(view) // _ALIGN * _ALIGN if dfd is not None else 0
         if bulk:
@@ -666,6 +699,8 @@ class _FileJob:
                 bulk = 0
         if bulk < len(view):
             _pwrite_all(fd, view[bulk:], offset + bulk)
+            if self.behind is not None:
+                self.behind.written(offset + bulk, len(view) - bulk)
 
     def close(self) -> None:
         """Close the fds once no worker is in an IO on them (the numbers could be reused)."""

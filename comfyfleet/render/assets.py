@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from comfyfleet import __version__
 from comfyfleet.errors import ConfigError
+from comfyfleet.fleet.access import GATEWAY_PORT
 from comfyfleet.render.template import render_template
 from comfyfleet.warmup import events
 
@@ -123,8 +124,8 @@ COMFY_ROOT_CANDIDATES = (
 VIA = ("cli", "flow", "worker", "fleet")
 ONSTART_FLEET_TEMPLATE = "onstart_fleet.sh.tmpl"
 # The fleet script's ports: the gateway on the container port `instances up` publishes
-# (``-p 8188:8188``), ComfyUI behind it on loopback.
-DEFAULT_GATEWAY_PORT = 8188
+# (comfyfleet.fleet.access.GATEWAY_PORT), ComfyUI behind it on loopback.
+DEFAULT_GATEWAY_PORT = GATEWAY_PORT
 DEFAULT_COMFY_PORT = 18188
 
 

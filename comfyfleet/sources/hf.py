@@ -43,7 +43,6 @@ from comfyfleet.config import env
 from comfyfleet.errors import (
     ConfigError,
     GatedRepoError,
-    RateLimited,
     RegionBlocked,
     SourceAuthError,
     SourceError,
@@ -53,7 +52,7 @@ from comfyfleet.errors import (
 )
 from comfyfleet.files import is_sha256
 from comfyfleet.sources.base import DownloadPlan, Tokens, sanitize_file_name
-from comfyfleet.sources.http import HF_TOKEN_HINT, parse_retry_after
+from comfyfleet.sources.http import HF_TOKEN_HINT, transient_status_error
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -161,20 +160,11 @@ def _status_error(exc: HfHubHTTPError, label: str, tokens: Tokens) -> SourceErro
     if tokens.hf:
         said_clean = detail.replace(tokens.hf, "***")
         detail = said_clean
-    if status == 429:
-        retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
-        return RateLimited(
-            f"{label}: rate limited by the Hub ({detail})",
-            source=label,
-            retry_after=retry_after,
-            hint="wait and retry; comfyfleet backs off and honours Retry-After",
-        )
-    if status >= 500 or status == 408:
-        return SourceUnavailable(
-            f"{label}: Hub server error ({detail})",
-            source=label,
-            hint="usually temporary; comfyfleet retries with backoff",
-        )
+    transient = transient_status_error(
+        status, exc.response.headers.get("Retry-After"), label, detail, server="the Hub"
+    )
+    if transient is not None:
+        return transient
     if status in (401, 403):
         hint = (
             "the token in HF_TOKEN was refused or cannot read this repo; " + HF_TOKEN_HINT

@@ -229,6 +229,31 @@ def _read_error_body(response: httpx.Response) -> bytes:
     return bytes(data[:_ERROR_BODY_LIMIT])
 
 
+def transient_status_error(
+    status: int, retry_after: str | None, source: str, detail: str, *, server: str = ""
+) -> SourceError | None:
+    """429 (``RateLimited``, with the ``Retry-After`` header's seconds) and 408/5xx
+    (``SourceUnavailable``): the statuses a retry may cure, for every source; else ``None``.
+    ``server`` names who answered ("the Hub") where the source is not plain HTTP."""
+    by = f" by {server}" if server else ""
+    if status == 429:
+        seconds = parse_retry_after(retry_after)
+        wait = f", retry after {seconds:.0f} s" if seconds is not None else ""
+        return RateLimited(
+            f"{source}: rate limited{by}{wait} ({detail})",
+            source=source,
+            retry_after=seconds,
+            hint="wait and retry; comfyfleet retries with backoff and honours Retry-After",
+        )
+    if status >= 500 or status == 408:
+        return SourceUnavailable(
+            f"{source}: server error{by} ({detail})",
+            source=source,
+            hint="usually temporary; comfyfleet retries with backoff",
+        )
+    return None
+
+
 def error_for_response(
     response: httpx.Response,
     ctx: ErrorContext,
@@ -249,21 +274,9 @@ def error_for_response(
     hub_error = _hub_error(code, ctx, detail)
     if hub_error is not None:
         return hub_error
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        wait = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
-        return RateLimited(
-            f"{src}: rate limited{wait} ({detail})",
-            source=src,
-            retry_after=retry_after,
-            hint="wait and retry; comfyfleet retries with backoff and honours Retry-After",
-        )
-    if status >= 500 or status == 408:
-        return SourceUnavailable(
-            f"{src}: server error ({detail})",
-            source=src,
-            hint="usually temporary; comfyfleet retries with backoff",
-        )
+    transient = transient_status_error(status, response.headers.get("Retry-After"), src, detail)
+    if transient is not None:
+        return transient
     if status in (401, 403) and storage_host and ctx.kind in ("hf", "civitai"):
         # A presigned storage URL that is refused has usually expired: ask the source again.
         return SourceUnavailable(

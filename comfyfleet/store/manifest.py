@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,10 +31,12 @@ from comfyfleet.store.base import ObjectInfo, ObjectStore, check_key
 
 MANIFEST_KEY = "manifest.json"
 MANIFEST_VERSION = 1
+_HEADS_AT_ONCE = 8  # concurrent heads when checking entries against the store
 
 
-class ManifestEntry(BaseModel):
-    """One verified file in the store."""
+class StoredFile(BaseModel):
+    """A model file as every manifest names it: catalog id, store key, ComfyUI folder and
+    file, size and sha256 (the store's ``manifest.json``; a baked image's manifest too)."""
 
     # Unknown fields from a newer writer are dropped rather than refused.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -44,10 +47,6 @@ class ManifestEntry(BaseModel):
     file: str
     size: int = Field(ge=0)
     sha256: str
-    source: str
-    revision: str | None = None
-    mirrored_at: datetime
-    etag: str = ""
 
     @field_validator("key")
     @classmethod
@@ -61,6 +60,15 @@ class ManifestEntry(BaseModel):
         if not is_sha256(value):
             raise ValueError("sha256 must be 64 hex digits")
         return value
+
+
+class ManifestEntry(StoredFile):
+    """One verified file in the store."""
+
+    source: str
+    revision: str | None = None
+    mirrored_at: datetime
+    etag: str = ""
 
 
 class Manifest(BaseModel):
@@ -130,19 +138,50 @@ def remirror_hint(entry: ManifestEntry) -> str:
     )
 
 
-def stale_entries(store: ObjectStore, manifest: Manifest) -> list[tuple[ManifestEntry, str]]:
+def stale_entries(
+    store: ObjectStore, entries: Iterable[ManifestEntry]
+) -> list[tuple[ManifestEntry, str]]:
     """Entries whose object is missing or no longer the mirrored bytes, each with the fix.
 
-    For readers of the manifest (a warm-up planning its pull): one ``head`` per entry.
+    For readers of the manifest (a warm-up planning its pull): one ``head`` per entry, a
+    few at once, so a profile of twenty files costs about one round trip, not twenty.
     """
+    wanted = list(entries)
+    if not wanted:
+        return []
+    with ThreadPoolExecutor(max_workers=min(_HEADS_AT_ONCE, len(wanted))) as pool:
+        infos = list(pool.map(lambda e: store.exists(e.key), wanted))
     stale: list[tuple[ManifestEntry, str]] = []
-    for entry in manifest.entries:
-        info = store.exists(entry.key)
+    for entry, info in zip(wanted, infos, strict=True):
         if info is None:
             stale.append((entry, f"{entry.key} is missing; `comfyfleet mirror --only {entry.id}`"))
         elif not entry_matches(entry, info):
             stale.append((entry, remirror_hint(entry)))
     return stale
+
+
+def require_current(store: ObjectStore, entries: Iterable[ManifestEntry]) -> None:
+    """Raise :class:`StoreError` when any entry's object is missing or replaced.
+
+    A replaced object keeps its ``sha256`` metadata, so a pull would only notice it after
+    downloading it, and then blame the catalog pin; this names the mirror command instead.
+    """
+    stale = stale_entries(store, entries)
+    if not stale:
+        return
+    if len(stale) == 1:
+        entry, fix = stale[0]
+        raise StoreError(
+            f"{store.uri}: {entry.key} no longer matches manifest.json", store=store.uri, hint=fix
+        )
+    only = " ".join(f"--only {entry.id}" for entry, _ in stale)
+    raise StoreError(
+        f"{store.uri}: {len(stale)} objects no longer match manifest.json "
+        f"({', '.join(entry.key for entry, _ in stale)})",
+        store=store.uri,
+        hint=f"they were replaced or removed after they were mirrored; restore them with "
+        f"`comfyfleet mirror --force {only}` (the catalog is fine)",
+    )
 
 
 def _corrupt(store: ObjectStore, detail: str) -> StoreError:

@@ -33,6 +33,7 @@ from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
 from comfyfleet.files import write_atomic
 from comfyfleet.pull.transfer import EntryLike, hash_file
+from comfyfleet.store.manifest import StoredFile
 
 BAKED_FORMAT = "comfyfleet-baked/1"
 DEFAULT_BAKED_MANIFEST = Path("/opt/comfyfleet/baked-manifest.json")
@@ -41,15 +42,10 @@ ENV_BAKED_MANIFEST = "COMFYFLEET_BAKED_MANIFEST"
 CheckStatus = Literal["ok", "missing", "wrong-size", "wrong-hash"]
 
 
-class BakedEntry(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class BakedEntry(StoredFile):
+    """A file the image holds: what the store's manifest says of it, plus its mtime at bake
+    time (the fast check compares size and mtime, the full one the sha256)."""
 
-    id: str
-    key: str
-    folder: str
-    file: str
-    size: int = Field(ge=0)
-    sha256: str
     mtime_ns: int | None = None
 
 

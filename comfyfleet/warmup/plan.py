@@ -18,7 +18,7 @@ from comfyfleet.comfy.folders import PT_EXTENSIONS, PT_FOLDERS, http_folder
 from comfyfleet.errors import ComfyfleetError, ConfigError
 from comfyfleet.pull.transfer import EntryLike, PullItem, bytes_to_write, plan_pull
 from comfyfleet.store.base import ObjectStore
-from comfyfleet.store.manifest import ManifestEntry, read_manifest
+from comfyfleet.store.manifest import ManifestEntry, read_manifest, require_current
 from comfyfleet.warmup.baked import BakedManifest, default_baked_manifest_path, read_baked_manifest
 from comfyfleet.warmup.gpu import InstanceFacts
 from comfyfleet.warmup.profiles import ProfileChoice, choose_profile
@@ -103,13 +103,26 @@ def plan_script(
         force=force,
     )
     entries: list[ManifestEntry] = [by_key[m.key] for m in choice.models]
+    items = plan_pull(entries, comfy_root, models_dir=models_dir)
+    # An object replaced in the store keeps its sha256 metadata: only its size and ETag
+    # against the manifest tell, so check the ones to fetch before the first byte.
+    to_fetch = {item.key for item in items if not _in_place(item.dest, item.size)}
+    require_current(store, [e for e in entries if e.key in to_fetch])
     return WarmupPlan(
         choice=choice,
         entries=list(entries),
-        items=plan_pull(entries, comfy_root, models_dir=models_dir),
+        items=items,
         models_dir=models_dir,
         warnings=list(choice.warnings),
     )
+
+
+def _in_place(path: Path, size: int) -> bool:
+    """A file already at ``path`` with the right size (the pull verifies it, not the store)."""
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False
 
 
 def plan_baked(

@@ -275,7 +275,8 @@ def _choose_named(
     store: str,
     **kwargs: Any,
 ) -> ProfileChoice:
-    fit = measure(catalog, facts, name, **kwargs)  # unknown names raise CatalogError here
+    catalog.require_profile(name, accept_auto=True)  # unknown: the hint may offer auto here
+    fit = measure(catalog, facts, name, **kwargs)
     if not fit.models:
         raise ConfigError(f"profile {name} has no models", hint="add models to it in the catalog")
     if not fit.mirrored:

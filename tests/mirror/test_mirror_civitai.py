@@ -10,7 +10,7 @@ import yaml
 
 from comfyfleet.catalog import CivitaiSource, ModelFile
 from comfyfleet.cli import main
-from comfyfleet.mirror.driver import mirror_file, mirror_files, mirror_model
+from comfyfleet.mirror.driver import mirror_file, mirror_files
 from comfyfleet.mirror.refresh import check_upstream
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
@@ -18,7 +18,7 @@ from comfyfleet.store.local import LocalStore
 from comfyfleet.store.manifest import read_manifest
 from tests.doubles.civitai import FakeCivitai
 from tests.mirror.conftest import SETTINGS
-from tests.mirror.support import payload, sha
+from tests.mirror.support import mirror_model, payload, sha
 
 TOKEN = "civ-secret-key"
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from comfyfleet.errors import GatedRepoError, SourceAuthError
-from comfyfleet.mirror.driver import mirror_file, mirror_files, mirror_model
+from comfyfleet.mirror.driver import mirror_file, mirror_files
 from comfyfleet.mirror.upload import MiB
 from comfyfleet.sources import Tokens
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.manifest import read_manifest
 from tests.doubles.hf_hub import FakeHub
 from tests.mirror.conftest import SETTINGS, hf_model
-from tests.mirror.support import RecordingProgress, payload, sha
+from tests.mirror.support import RecordingProgress, mirror_model, payload, sha
 
 NO_TOKENS = Tokens()
 

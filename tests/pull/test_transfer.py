@@ -253,14 +253,16 @@ def test_many_files_hold_few_file_descriptors(local_store: ObjectStore, comfy: P
 
 
 @pytest.mark.parametrize("direct_io", [True, False])
+@pytest.mark.parametrize("write_behind", [True, False])
 def test_buffered_and_direct_writes_agree(
-    local_store: ObjectStore, comfy: Path, direct_io: bool
+    local_store: ObjectStore, comfy: Path, direct_io: bool, write_behind: bool
 ) -> None:
     data = blob(7 * RS + 4097, 3)  # an unaligned tail, written buffered after direct bulk
     items = plan_pull([put(local_store, "vae", "v.safetensors", data)], comfy)
-    report = pull(
-        items, local_store, settings=PullSettings(range_size=RS, max_workers=3, direct_io=direct_io)
+    settings = PullSettings(
+        range_size=RS, max_workers=3, direct_io=direct_io, write_behind=write_behind
     )
+    report = pull(items, local_store, settings=settings)
     assert report.ok and items[0].dest.read_bytes() == data
 
 
@@ -542,12 +544,18 @@ def child_env() -> Iterator[dict[str, str]]:
     yield env
 
 
+@pytest.mark.parametrize(
+    "write_path",
+    [{"direct_io": True}, {"direct_io": False}, {"direct_io": False, "write_behind": True}],
+    ids=["direct", "buffered", "write-behind"],
+)
 def test_killed_mid_file_resumes(
     store: ObjectStore,
     comfy: Path,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     child_env: dict[str, str],
+    write_path: dict[str, bool],
 ) -> None:
     small = blob(RS + 5, 20)
     big = blob(48 * RS + 11, 21)
@@ -568,7 +576,12 @@ def test_killed_mid_file_resumes(
             }
             for i in items
         ],
-        "settings": {"range_size": RS, "max_workers": 2, "journal_interval_s": 0},
+        "settings": {
+            "range_size": RS,
+            "max_workers": 2,
+            "journal_interval_s": 0,
+            **write_path,
+        },
         "delay_s": 0.01,
     }
     (tmp_path / "child.json").write_text(json.dumps(config))

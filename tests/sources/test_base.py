@@ -6,9 +6,10 @@ import email.utils
 
 import pytest
 
+from comfyfleet.errors import RateLimited, SourceUnavailable
 from comfyfleet.sources import DownloadPlan, Tokens, parse_content_disposition, sanitize_file_name
 from comfyfleet.sources.base import redact_url
-from comfyfleet.sources.http import parse_retry_after
+from comfyfleet.sources.http import parse_retry_after, transient_status_error
 
 
 def test_tokens_from_env_and_fallbacks() -> None:
@@ -101,3 +102,16 @@ def test_redact_url_keeps_non_secret_params() -> None:
     out = redact_url(url)
     assert "k/1" not in out and "Signature=***" in out and "a=1" in out
     assert redact_url("https://h/p") == "https://h/p"
+
+
+def test_transient_status_errors_are_the_same_for_every_source() -> None:
+    """429 and 408/5xx map to the retried errors whether the Hub or a plain URL answered."""
+    limited = transient_status_error(429, "30", "hf:org/r", "HTTP 429", server="the Hub")
+    assert isinstance(limited, RateLimited) and limited.retry_after == 30
+    assert limited.message == "hf:org/r: rate limited by the Hub, retry after 30 s (HTTP 429)"
+    for status in (408, 500, 503):
+        down = transient_status_error(status, None, "url:x", f"HTTP {status}")
+        assert isinstance(down, SourceUnavailable) and not isinstance(down, RateLimited)
+        assert down.message == f"url:x: server error (HTTP {status})"
+    assert transient_status_error(404, None, "url:x", "HTTP 404") is None
+    assert transient_status_error(403, "5", "url:x", "HTTP 403") is None

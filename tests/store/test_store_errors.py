@@ -351,3 +351,18 @@ def test_cli_local_ls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["store", "ls", "--store", str(tmp_path / "s"), "--json"]) == 0
     out = capsys.readouterr().out
     assert '"key": "models/vae/v.safetensors"' in out and '"size": 2048' in out
+
+
+def test_store_block_without_the_blocks_package_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--store-block`` where ``blocks`` cannot be imported: a StoreConfigError naming
+    ``--store URI`` as the way out, not an ImportError traceback."""
+    from comfyfleet.cli.stores import load_store_block
+
+    monkeypatch.setitem(sys.modules, "blocks", None)  # "import blocks" raises ImportError
+    with pytest.raises(StoreConfigError, match="'blocks' package is not importable") as caught:
+        load_store_block("comfyfleet-store")
+    assert "--store URI" in (caught.value.hint or "")
+    assert main(["store", "check", "--store-block", "comfyfleet-store"]) == 2
+    assert "not importable" in capsys.readouterr().err

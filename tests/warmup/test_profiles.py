@@ -154,3 +154,15 @@ def test_builtin_catalog_is_image_only_below_24_gb_and_video_from_24(
     cat = load_catalog()
     choice = choose_profile(cat, facts(Path("/"), vram))
     assert choice.name == expected
+
+
+def test_an_unknown_profile_on_warmup_offers_auto(tmp_path: Path) -> None:
+    """Only the warm-up takes ``auto``: its hint lists it (the mirror's does not)."""
+    cat = catalog(tmp_path)
+    with pytest.raises(CatalogError) as info:
+        choose_profile(cat, facts(tmp_path, 80), requested="vidoe-24gb", mirrored=set())
+    assert "vidoe-24gb" in info.value.message
+    assert "auto" in (info.value.hint or "")
+    with pytest.raises(CatalogError) as plain:
+        cat.require_profile("vidoe-24gb")
+    assert "auto" not in (plain.value.hint or "")
