@@ -398,4 +398,7 @@ def test_small_answers_do_not_wait_for_delayed_acks(gw: RunningGateway) -> None:
         started = time.perf_counter()
         client.get(gw.url + "/queue", headers=AUTH)
         times.append(time.perf_counter() - started)
-    assert sorted(times)[10] < 0.02, f"median {sorted(times)[10] * 1000:.1f} ms"
+    # With Nagle on every answer waits ~40 ms, the fastest ones too; the first quartile
+    # (not the median) keeps the check meaningful on a loaded machine.
+    quartile = sorted(times)[5]
+    assert quartile < 0.03, f"first quartile {quartile * 1000:.1f} ms"
