@@ -11,10 +11,10 @@ from prefect.flows import load_flow_from_entrypoint
 from deployments.pools import POOLS, ensure_pools
 from deployments.serve import load_deployments, plan, served_name, to_runner_deployments
 
-EXPECTED = {"mirror-refresh", "mirror", "warmup", "generate-batch", "fleet-reaper"}
+EXPECTED = {"mirror-refresh", "mirror", "warmup", "generate-batch", "fleet-reaper", "fleet-batch"}
 
 
-def test_prefect_yaml_names_the_four_deployments() -> None:
+def test_prefect_yaml_names_every_deployment() -> None:
     names = {d["name"] for d in load_deployments()}
     assert names == EXPECTED
 

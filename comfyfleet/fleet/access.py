@@ -57,6 +57,8 @@ def gateway_env(token: str, port: int = GATEWAY_PORT) -> dict[str, str]:
     return {
         GATEWAY_TOKEN_ENV: token,
         GATEWAY_LISTEN_ENV: f"0.0.0.0:{port}",
+        # The fleet on-start script reads the port alone (render's onstart_fleet template).
+        "COMFYFLEET_GATEWAY_PORT": str(port),
         f"-p {port}:{port}": "1",
     }
 

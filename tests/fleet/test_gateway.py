@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -388,17 +389,22 @@ def test_a_browser_opens_with_token_in_the_url_and_goes_on_with_the_cookie(
     assert "set-cookie" not in HTTP.get(gw.url + "/queue", headers=AUTH).headers
 
 
-def test_small_answers_do_not_wait_for_delayed_acks(gw: RunningGateway) -> None:
+def test_small_answers_do_not_wait_for_delayed_acks() -> None:
     """Regression: the listening socket was made with proto 0, so asyncio left Nagle on
-    and each answer (headers, then body) took ~40 ms: p50 44 ms for /healthz."""
-    client = httpx.Client(timeout=10)
-    client.get(gw.url + "/healthz")  # connect once
-    times = []
-    for _ in range(21):
-        started = time.perf_counter()
-        client.get(gw.url + "/queue", headers=AUTH)
-        times.append(time.perf_counter() - started)
-    # With Nagle on every answer waits ~40 ms, the fastest ones too; the first quartile
-    # (not the median) keeps the check meaningful on a loaded machine.
-    quartile = sorted(times)[5]
-    assert quartile < 0.03, f"first quartile {quartile * 1000:.1f} ms"
+    and each answer (headers, then body) took ~40 ms: p50 44 ms for /healthz.
+
+    Checked on the socket itself (timing alone is flaky on CI's two loaded cores): the
+    listener says it is TCP and has Nagle off, and so does a connection it accepts."""
+    from comfyfleet.fleet.gateway import bind
+
+    listener = bind("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with socket.create_connection(listener.getsockname()[:2], timeout=5):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        listener.close()
+

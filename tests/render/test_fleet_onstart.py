@@ -537,7 +537,7 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
     assert "gw-token-not-printed" not in out and "do-not-print-me" not in out
     # Stopping the script stops what it supervises.
     _wait_for(lambda: _closed(comfy), 30, "ComfyUI stopped")
-    assert _closed(gateway)
+    _wait_for(lambda: _closed(gateway), 30, "gateway stopped")
 
 
 def _closed(url: str) -> bool:
