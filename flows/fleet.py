@@ -44,7 +44,7 @@ from comfyfleet.fleet.cost import format_usd
 from comfyfleet.fleet.offers import OfferQuery
 from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
 from comfyfleet.fleet.release import release_rent
-from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest
+from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, default_onstart
 from comfyfleet.fleet.vast import VastClient
 from comfyfleet.generate.batch import DEFAULT_OPTIONS, BatchEvent, BatchOptions
 from comfyfleet.render.assets import OnstartSettings
@@ -193,7 +193,10 @@ def _rent_request(
         from comfyfleet.store import open_store
 
         wheel = publish_wheel(open_store(store_uri), cached_wheel())
-        request = replace(request, wheel=wheel)
+        # With the wheel in the store the instances run the fleet script (wheel checked by
+        # sha256, ComfyUI behind the gateway, the warm-up reported to this Prefect server).
+        request = replace(request, wheel=wheel, onstart=None)
+        request = replace(request, onstart=default_onstart(request))
     return request
 
 

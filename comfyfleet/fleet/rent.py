@@ -191,6 +191,22 @@ def instance_env(request: RentRequest, rent_id: str, token: str = "") -> dict[st
     return env
 
 
+def default_onstart(request: RentRequest) -> OnstartSettings:
+    """The on-start script an instance gets: with a published wheel, the fleet script
+    (wheel checked by sha256, ComfyUI on loopback behind the gateway, warm-up as a flow run
+    that reports to ``PREFECT_API_URL``, the ready event); else the plain CLI script."""
+    if request.wheel is None:
+        return OnstartSettings(profile=request.profile, store=request.store)
+    if not request.prefect_api_url:
+        raise ConfigError(
+            "the fleet on-start script reports its warm-up to Prefect, and PREFECT_API_URL "
+            "is not set; nothing was rented",
+            hint="export PREFECT_API_URL=https://<your prefect server>/api (one the instances "
+            "can reach)",
+        )
+    return OnstartSettings(via="fleet", profile=request.profile, store=request.store)
+
+
 def rent_fleet(
     client: VastClient,
     request: RentRequest,
@@ -202,7 +218,7 @@ def rent_fleet(
     if request.count < 1:
         raise ConfigError(f"--count {request.count}: rent at least one instance")
     label = fleet_label(request.fleet)
-    settings = request.onstart or OnstartSettings(profile=request.profile, store=request.store)
+    settings = request.onstart or default_onstart(request)
     check_store(request, settings)
     onstart = pack_onstart(render_onstart(settings))
     offers = find_offers(client, request.query)

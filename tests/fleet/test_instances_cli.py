@@ -37,6 +37,8 @@ def mirror(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setenv(key, value)
     uri = f"s3://{new_bucket(s3_server)}/mirror"
     monkeypatch.setenv("COMFYFLEET_STORE", uri)
+    # The server the instances report their warm-ups to (only handed to them, never called).
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.fleet.test:4200/api")
     return uri
 
 

@@ -18,11 +18,13 @@ from comfyfleet.fleet.rent import (
     ONSTART_LIMIT,
     RENT_ID_ENV,
     RentRequest,
+    default_onstart,
     instance_env,
     pack_onstart,
     rent_fleet,
 )
 from comfyfleet.fleet.vast import VastClient, VastSettings
+from comfyfleet.fleet.wheel import PublishedWheel
 from comfyfleet.render.assets import OnstartSettings, render_onstart
 from tests.doubles.vast import FakeVast, InstanceRecord
 
@@ -266,3 +268,19 @@ def test_the_store_may_come_with_the_env_and_a_baked_image_needs_none(vast: Fake
     assert len(rent_fleet(client(), via_env).rented) == 1
     baked = request(count=1, store="", onstart=OnstartSettings(profile="image", mode="baked"))
     assert len(rent_fleet(client(), baked).rented) == 1
+
+
+def test_a_published_wheel_gets_the_fleet_script_and_needs_a_prefect_server() -> None:
+    """With the wheel in the store the instance runs the fleet script (wheel checked by
+    sha256, ComfyUI behind the gateway, warm-up reported to Prefect); without a server to
+    report to, nothing is rented."""
+    wheel = PublishedWheel(
+        filename="comfyfleet-0.1.0-py3-none-any.whl", sha256="ab" * 32, key="wheels/x",
+        size=1, expires_s=3600, url="http://127.0.0.1:1/w?X-Amz-Signature=s",
+    )  # fmt: skip
+    assert default_onstart(request()).via == "cli"
+    settings = default_onstart(request(wheel=wheel, prefect_api_url="http://10.0.0.2:4200/api"))
+    assert settings.via == "fleet"
+    assert "COMFYFLEET_WHEEL_SHA256" in render_onstart(settings)
+    with pytest.raises(ConfigError, match="PREFECT_API_URL is not set; nothing was rented"):
+        default_onstart(request(wheel=wheel, prefect_api_url=""))

@@ -56,7 +56,10 @@ def test_up_hands_a_store_blocks_bucket_and_credentials_to_the_instances(
     s3_server: Any,
     s3_bucket: str,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The server the instances report to: handed to them, never called from here.
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.fleet.test:4200/api")
     # A real bucket: `up` uploads the instances' wheel into the block's store.
     secret = s3_server.secret_key
     ComfyfleetStore.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
