@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import tempfile
 import threading
@@ -36,19 +35,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# bench/_common.py puts the repository on sys.path and turns telemetry off, before any
+# library is imported; this folder goes on sys.path first, however the file was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
-# Nothing leaves the machine: telemetry off before any library is imported (local-services.md).
-os.environ.update(
-    {
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-)
 
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402
 from comfyfleet.generate.batch import (  # noqa: E402
