@@ -38,8 +38,7 @@ from typing import Any
 # bench/_common.py puts the repository on sys.path and turns telemetry off, before any
 # library is imported; this folder goes on sys.path first, however the file was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
+import _common  # noqa: E402, F401
 
 from comfyfleet.comfy.client import ComfyClient  # noqa: E402
 from comfyfleet.generate.batch import (  # noqa: E402
