@@ -163,7 +163,8 @@ class CivitaiSource(_Strict):
     def describe(self) -> str:
         if self.version_id is not None:
             return f"civitai:version/{self.version_id}"
-        return f"civitai:{self.url}"
+        url = redact_uri(self.url) if self.url else self.url
+        return f"civitai:{url}"
 
 
 class URLSource(_Strict):
@@ -180,7 +181,7 @@ class S3Source(_Strict):
     url: str  # s3://bucket/key
 
     def describe(self) -> str:
-        return self.url
+        return redact_uri(self.url)
 
 
 Source = Annotated[HFSource | CivitaiSource | URLSource | S3Source, Field(discriminator="type")]

@@ -190,14 +190,6 @@ def cached_wheel(root: Path | None = None, cache_dir: Path | None = None) -> Pat
     return slot / built.name
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def publish_wheel(
     store: ObjectStore, wheel: Path, *, expires_s: int = int(DEFAULT_URL_HOURS * 3600)
 ) -> PublishedWheel:

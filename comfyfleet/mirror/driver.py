@@ -72,7 +72,6 @@ from comfyfleet.store.manifest import (
     read_manifest,
     update_manifest,
 )
-from comfyfleet.store.uris import redact_uri
 from comfyfleet.units import format_bytes
 
 if TYPE_CHECKING:
@@ -296,7 +295,7 @@ def mirror_file(
     if manifest is None:
         manifest = read_manifest(store).by_key()
     entry = manifest.get(model.key)
-    catalog_source = redact_uri(model.source.describe())
+    catalog_source = model.source.describe()  # describe() never shows credentials
     counting = _Counting(progress)
     job = _FileJob(model, store, tokens, settings, force, http, counting, began, cancel)
     try:
@@ -527,7 +526,7 @@ def failed_result(model: ModelFile, exc: BaseException, seconds: float) -> Mirro
         sha256=model.sha256,
         status="failed",
         error=describe_error(exc),
-        source=redact_uri(model.source.describe()),
+        source=model.source.describe(),
         revision=None,
         transient=isinstance(exc, TransientError),
     )

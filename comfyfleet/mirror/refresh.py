@@ -37,7 +37,6 @@ from comfyfleet.errors import ComfyfleetError
 from comfyfleet.sources import Tokens, Upstream, describe_upstream
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.store.manifest import ManifestEntry, read_manifest
-from comfyfleet.store.uris import redact_uri
 
 if TYPE_CHECKING:
     import httpx
@@ -182,7 +181,7 @@ def _check_one(
     http: httpx.Client | None,
 ) -> list[UpstreamChange]:
     pinned = is_pinned(model)
-    label = redact_uri(model.source.describe())
+    label = model.source.describe()  # describe() never shows credentials
     changes: list[UpstreamChange] = []
     if not present:
         changes.append(

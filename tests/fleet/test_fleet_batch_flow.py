@@ -29,7 +29,7 @@ from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
 from tests.fleet.sim import SimFleet
 from tests.fleet.test_fleet_batch import jobs_file, rent_request, tokens
-from tests.fleet.test_reaper_flow import artifacts_of
+from tests.support.artifacts import artifacts_of
 
 JOBS = 60
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from uuid import UUID
 
 import pytest
 import yaml
@@ -16,6 +15,7 @@ from comfyfleet.fleet.reaper import ReapPolicy, reap
 from comfyfleet.fleet.vast import VastClient, VastSettings
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
+from tests.support.artifacts import artifacts_of
 
 HOUR = 3600.0
 
@@ -94,20 +94,6 @@ def test_deployment_runs_every_10_minutes_one_at_a_time() -> None:
     assert schedule["cron"] == "*/10 * * * *"
     assert spec["concurrency_limit"]["collision_strategy"] == "CANCEL_NEW"
     assert spec["parameters"]["vast_block"] == "comfyfleet-vast"
-
-
-def artifacts_of(flow_run_id: UUID) -> dict[str, list[Any]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    by_type: dict[str, list[Any]] = {}
-    for artifact in found:
-        by_type.setdefault(artifact.type, []).append(artifact)
-    return by_type
 
 
 @pytest.mark.flow

@@ -25,10 +25,10 @@ from comfyfleet.fleet.wheel import (
     cached_wheel,
     project_root,
     publish_wheel,
-    sha256_of,
     source_digest,
     wheel_env,
 )
+from comfyfleet.pull.transfer import hash_file
 
 BUILD_SECONDS: list[float] = []
 
@@ -86,7 +86,7 @@ def test_published_wheel_downloads_byte_for_byte_by_its_presigned_url(
     store = CountingStore(s3_store)
     published = publish_wheel(store, built_wheel, expires_s=3600)
     data = built_wheel.read_bytes()
-    assert published.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(built_wheel)
+    assert published.sha256 == hashlib.sha256(data).hexdigest() == hash_file(built_wheel)
     assert published.key == f"wheels/{published.sha256}/{built_wheel.name}"
     assert (published.filename, published.size) == (built_wheel.name, len(data))
     assert s3_store.head(published.key).sha256 == published.sha256

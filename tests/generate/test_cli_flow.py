@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
 import yaml
@@ -16,6 +15,7 @@ from comfyfleet.generate.batch import default_batch_id, read_results
 from comfyfleet.store.local import LocalStore
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.fal import TEST_KEY, FalDouble
+from tests.support.artifacts import artifacts_of
 
 
 def write_jobs(tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -67,20 +67,6 @@ def test_cli_exit_code_and_errors(
     assert "jobs.jsonl row 1 (id 'x'): column 'seed'" in err
     assert main(["generate", str(jobs), "--comfy-url", fake.url, "--store", store,
                  "--queue-depth", "0"]) == 2  # fmt: skip
-
-
-def artifacts_of(flow_run_id: UUID) -> dict[str, list[Any]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    by_type: dict[str, list[Any]] = {}
-    for artifact in found:
-        by_type.setdefault(artifact.type, []).append(artifact)
-    return by_type
 
 
 @pytest.mark.flow
