@@ -15,9 +15,10 @@ writes ``manifest.json``, and times, in the same run, median of ``--runs`` each,
   (f) ``s5cmd cp`` + read    a cold start by hand: copy, then the model load reads every file
   (f') (f) with a sync between (held to our durability)
   (g) ``pull`` + read        our cold start: the pull, then the model load's read
-  (g') (g) on the other write paths (``--write-path direct|buffered|write-behind``)
+  (g') (g) on the other write paths (``--write-path write-behind|buffered|direct``)
+  (g0) (g) with the hash off: what verification costs a cold start
 
-(f), (f'), (g), (g') start from an empty page cache (``sync; echo 3 >
+(f), (f'), (g), (g'), (g0) start from an empty page cache (``sync; echo 3 >
 /proc/sys/vm/drop_caches``; the output says so where the host does not permit it). With
 ``--link-rate 1gbit`` (root only) the bench runs again inside a fresh network namespace whose
 loopback is capped with ``tc qdisc ... tbf``: SeaweedFS, s5cmd and the pull talk only over it,
@@ -60,7 +61,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from comfyfleet.pull.transfer import MiB, PullSettings, plan_pull, pull  # noqa: E402
+from comfyfleet.pull.transfer import WRITE_PATHS, MiB, PullSettings, plan_pull, pull  # noqa: E402
 from comfyfleet.store.manifest import Manifest, ManifestEntry, write_manifest  # noqa: E402
 from comfyfleet.store.s3 import S3Store  # noqa: E402
 
@@ -263,20 +264,21 @@ LABELS = {
     "s5cmd_read": "(f) s5cmd cp + read",
     "s5cmd_sync_read": "(f') s5cmd cp + sync + read",
     "pull_read": "(g) pull + read",
+    "pull_read_nohash": "(g0) pull + read, hash off",
     "pull_read_direct": "(g') pull + read, direct",
     "pull_read_buffered": "(g') pull + read, buffered",
     "pull_read_write-behind": "(g') pull + read, write-behind",
 }
-# The write paths (--write-path): PullSettings fields of each.
-WRITE_PATHS = {
-    "direct": {"direct_io": True, "write_behind": False},
-    "buffered": {"direct_io": False, "write_behind": False},
-    "write-behind": {"direct_io": False, "write_behind": True},
-}
 # Inside a capped link every byte costs seconds: the variants the link question needs.
 LINK_VARIANTS = ("pull", "s5cmd", "s5cmd_sync", "s5cmd_read", "pull_read")
 # The cold-start variants start from an empty page cache (the host just booted).
-COLD = ("s5cmd_read", "s5cmd_sync_read", "pull_read", *(f"pull_read_{p}" for p in WRITE_PATHS))
+COLD = (
+    "s5cmd_read",
+    "s5cmd_sync_read",
+    "pull_read",
+    "pull_read_nohash",
+    *(f"pull_read_{p}" for p in WRITE_PATHS),
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -289,11 +291,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--write-path",
         choices=tuple(WRITE_PATHS),
-        default="direct"
-        if PullSettings.direct_io
-        else "write-behind"
-        if PullSettings.write_behind
-        else "buffered",
+        default=PullSettings().write_path,
         help="(a), (b), (g): O_DIRECT, buffered (one fsync at the end), or buffered with "
         "write-behind (default: PullSettings'); (g') takes the others",
     )
@@ -310,6 +308,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="where files go (default: a temp dir)")
     parser.add_argument("--endpoint-url", help="use this S3 endpoint instead of a SeaweedFS")
     parser.add_argument("--bucket", help="existing bucket at --endpoint-url")
+    parser.add_argument(
+        "--only",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        help="time only these variants (comma separated names as in --json), for quick looks",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser.parse_args(argv)
@@ -394,6 +397,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "s5cmd_read": then(s5cmd, check_read(s5_dest)),
             "s5cmd_sync_read": then(s5cmd, sync, check_read(s5_dest)),
             "pull_read": then(ours(settings), check_read(comfy)),
+            # (g0): the same with sha256 off: what verification costs a cold start.
+            "pull_read_nohash": then(
+                ours(dataclasses.replace(settings, hash=False)), check_read(comfy)
+            ),
         }
         for path, fields in WRITE_PATHS.items():  # (g'): the other write paths
             if path != args.write_path:
@@ -401,6 +408,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 variants[f"pull_read_{path}"] = then(ours(other), check_read(comfy))
         if args.in_netns:
             variants = {k: v for k, v in variants.items() if k in LINK_VARIANTS}
+        if args.only:
+            unknown = sorted(set(args.only) - set(variants))
+            if unknown:
+                raise SystemExit(f"--only: no variant {', '.join(unknown)} ({', '.join(variants)})")
+            variants = {k: v for k, v in variants.items() if k in args.only}
         times: dict[str, list[float]] = {k: [] for k in variants}
         cpu: dict[str, list[float]] = {k: [] for k in variants}
         cache_note: str | None = None
@@ -474,6 +486,7 @@ def figures_of(
         "(d)/(a)": speed("pull", "s5cmd_sha256sum"),  # a time ratio: (d) takes this much longer
         "(g)/(f)": speed("pull_read", "s5cmd_read"),
         "(g)/(f')": speed("pull_read", "s5cmd_sync_read"),
+        "(g0)/(f)": speed("pull_read_nohash", "s5cmd_read"),
         **{f"(g)/(g' {p})": speed("pull_read", f"pull_read_{p}") for p in WRITE_PATHS},
     }
     targets = {
@@ -542,6 +555,8 @@ def print_figures(f: dict[str, Any]) -> None:
     kinds = {"(d)/(a)": "time ratio"}
     met = {k.split(" >= ")[0]: (k.split(" >= ")[1], ok) for k, ok in f["targets"].items()}
     for name, value in f["ratios"].items():
+        if value is None:  # a variant left out (--only)
+            continue
         target = ""
         if name in met:
             target = f"  (target >= {met[name][0]}: {'met' if met[name][1] else 'MISSED'})"

@@ -198,7 +198,7 @@ def warmup(
     boot_timeout_s: float = _D.boot_timeout_s,
     prompt_timeout_s: float = _D.prompt_timeout_s,
     wait_lock_s: float = _D.wait_lock_s,
-    direct_io: bool = _D.direct_io,
+    write_path: str = _D.write_path,
     fast_http: bool = _D.fast_http,
     timeline_presign_s: int | None = _D.timeline_presign_s,
     report_path: str | None = None,

@@ -90,6 +90,14 @@ _MARKER_VERSION = 1
 Status = Literal["placed", "present", "replaced", "failed"]
 Progress = Callable[[int], None]
 PreflightFn = Callable[[int, Path], None]
+WritePath = Literal["write-behind", "buffered", "direct"]
+# The write paths by name (``warmup --write-path``, ``bench/warmup.py --write-path``): the
+# ``PullSettings`` fields each one sets. The first is the default.
+WRITE_PATHS: dict[str, dict[str, bool]] = {
+    "write-behind": {"direct_io": False, "write_behind": True},
+    "buffered": {"direct_io": False, "write_behind": False},
+    "direct": {"direct_io": True, "write_behind": False},
+}
 
 
 # ---------------------------------------------------------------------------- settings and data
@@ -109,30 +117,28 @@ class PullSettings:
     - ``fsync``: make data durable before the rename and before each journal write.
     - ``hash``: ``False`` switches sha256 off entirely (benchmarks only: nothing is verified
       and no marker is written).
-    - ``direct_io`` and ``write_behind``: the write path, chosen by measurement (issue 11:
-      what a cold start pays is the pull *and* ComfyUI's read of every file right after it).
-      Default (``direct_io=True``): the block-aligned bulk of each range with ``O_DIRECT``
-      where the filesystem allows it (else buffered, silently): no page-cache copy and no
-      IO submission on the pull's CPU, but ComfyUI then reads every file from disk.
-      ``direct_io=False``: buffered writes, the files stay in the page cache (the model load
-      is a memory copy); with ``write_behind`` (the default there) each range's writeback is
-      started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), else
-      the fsync before the rename flushes the whole file. Measured on the shared 2-core VM
-      (load 5-10, caches dropped, pull + read every file), 512 MiB in 6 files,
-      ``bench/warmup.py --runs 5`` with the variants' order shuffled per run: direct 1.77 s,
-      write-behind 1.98 s, buffered 2.20 s, client CPU 0.94 / 1.33 / 1.60 s: on a
-      CPU-starved box the page-cache copy and the IO submission cost more than the read-back
-      from disk saves (0.25-0.3 s for 512 MiB), so O_DIRECT stays the default. (Earlier
-      sessions with a fixed order swung +-40% with whichever path ran right after s5cmd.)
-      1 GiB in 2 files, median of 12-17 runs over three sessions: write-behind 2.93 s,
-      buffered 2.99 s, direct 3.22 s (read-back alone 0.06 s vs 0.7-1.2 s): on a many-core
-      host with
-      multi-GB files, where O_DIRECT writes were the limit (issue 11: 0.45-0.52x bare s5cmd
-      on a 16-core host), try ``direct_io=False``. Waiting for writeback in the workers
+    - ``direct_io`` and ``write_behind``: the write path (:data:`WRITE_PATHS` names the
+      three), chosen by measurement (issue 11: what a cold start pays is the pull *and*
+      ComfyUI's read of every file right after it). Default, ``write-behind``
+      (``direct_io=False, write_behind=True``): buffered writes, each range's writeback
+      started as soon as it is written (``writeback.WriteBehind``, ``sync_file_range``), so
+      the fsync before the rename finds little left to flush and the files stay in the page
+      cache (the model load is a memory copy). ``buffered``: the same without write-behind
+      (the fsync flushes the whole file). ``direct``: the block-aligned bulk of each range
+      with ``O_DIRECT`` (no page-cache copy, but ComfyUI then reads every file from disk).
+      Measured on the 2-core VM (SeaweedFS on the same host, caches dropped, pull + read
+      every file, 512 MiB in 6 files, variants shuffled per run, median of 5,
+      ``python bench/warmup.py --size-mb 512 --runs 5``), two runs on 2026-12-02:
+      write-behind 1.036 / 1.180 s, buffered 1.180 / 1.467 s, direct 1.363 / 1.481 s;
+      earlier sessions, 1 GiB in 2 files, median of 12-17: write-behind 2.93 s, buffered
+      2.99 s, direct 3.22 s. On a loaded box O_DIRECT's lower client CPU once won (1.77 s
+      vs 1.98 s at load 5-10): ``direct`` stays a setting for CPU-starved hosts whose
+      files are read back later, not right away. Waiting for writeback in the workers
       (``WRITE_BEHIND_WAIT_BYTES``) measured slowest (4.0-4.3 s on the 1 GiB set), so
       write-behind only starts it.
       Durability is the same on every path: fdatasync before each journal write, fsync
-      before the rename.
+      before the rename, so a file under its final name is complete and verified after
+      kill -9 or a power loss alike.
     - ``fast_http``: read ranges through presigned URLs straight into the range buffers
       (``httprange``) when the store can presign; falls back to ``store.get_range`` (boto3)
       if the endpoint refuses them. ``False``: always ``store.get_range``.
@@ -146,7 +152,7 @@ class PullSettings:
     verify: Literal["fast", "full"] = "fast"
     fsync: bool = True
     hash: bool = True
-    direct_io: bool = True
+    direct_io: bool = False
     write_behind: bool = True
     fast_http: bool = True
     buffered_ranges: int | None = None
@@ -166,6 +172,13 @@ class PullSettings:
             raise ConfigError(f"verify {self.verify!r} is not 'fast' or 'full'")
         if self.buffered_ranges is not None and self.buffered_ranges < 0:
             raise ConfigError(f"buffered_ranges {self.buffered_ranges} must be >= 0")
+
+    @property
+    def write_path(self) -> str:
+        """The name of this write path (a key of :data:`WRITE_PATHS`)."""
+        if self.direct_io:
+            return "direct"
+        return "write-behind" if self.write_behind else "buffered"
 
     @property
     def slots(self) -> int:

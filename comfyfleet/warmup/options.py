@@ -28,7 +28,7 @@ from typing import Any
 from comfyfleet.catalog import AUTO_PROFILE
 from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
-from comfyfleet.pull.transfer import PullSettings
+from comfyfleet.pull.transfer import WRITE_PATHS, PullSettings
 from comfyfleet.units import number_problem, parse_number
 from comfyfleet.warmup.timing import MODES
 
@@ -214,13 +214,14 @@ class WarmupOptions:
             negate=True,
         ),
     )
-    direct_io: bool = field(
-        default=True,
+    write_path: str = field(
+        default="write-behind",
         metadata=_cli(
-            "--no-direct-io",
-            "write through the page cache with write-behind (no O_DIRECT): the files stay "
-            "cached for ComfyUI (faster where cores are to spare and files are large)",
-            negate=True,
+            "--write-path",
+            "how pulled files are written: write-behind (default: buffered, writeback "
+            "started per range, the files stay cached for ComfyUI's read), buffered, or "
+            "direct (O_DIRECT: least client CPU, but ComfyUI then reads from disk)",
+            choices=tuple(WRITE_PATHS),
         ),
     )
     fast_http: bool = field(
@@ -273,7 +274,9 @@ class WarmupOptions:
     def pull_settings(self) -> PullSettings:
         """The pull's settings, built here only: every pull option reaches the pull."""
         verify: typing.Literal["fast", "full"] = "full" if self.verify == "full" else "fast"
-        return PullSettings(verify=verify, direct_io=self.direct_io, fast_http=self.fast_http)
+        return PullSettings(
+            verify=verify, fast_http=self.fast_http, **WRITE_PATHS[self.write_path]
+        )
 
 
 _PATHS = frozenset({"comfy_root", "warmup_workflow", "models_dir", "baked_manifest", "timeline"})

@@ -42,7 +42,7 @@ def test_every_option_has_a_flag_that_sets_it() -> None:
         "--warmup-workflow", "w.json", "--models-dir", "/m", "--baked-manifest", "b.json",
         "--timeline", "t.png", "--fail-on-target", "--target-s", "99", "--instance-id", "C.1",
         "--boot-timeout", "5", "--prompt-timeout", "6", "--wait-lock", "7", "--no-history",
-        "--no-direct-io", "--no-fast-http",
+        "--write-path", "direct", "--no-fast-http",
     )  # fmt: skip
     changed = {f.name for f in fields(opts) if getattr(opts, f.name) != defaults().get(f.name)}
     flow_only = {"timeline_presign_s"}
@@ -101,12 +101,22 @@ def test_values_a_flow_passes_get_the_flags_refusals(values: dict[str, Any], mat
 
 def test_pull_settings_carry_every_pull_option() -> None:
     settings = WarmupOptions(
-        comfy_root=Path("/r"), verify="full", direct_io=False, fast_http=False
+        comfy_root=Path("/r"), verify="full", write_path="direct", fast_http=False
     ).pull_settings()
-    assert (settings.verify, settings.direct_io, settings.fast_http) == ("full", False, False)
+    assert (settings.verify, settings.write_path, settings.fast_http) == ("full", "direct", False)
+    for name, fields_set in transfer.WRITE_PATHS.items():
+        settings = WarmupOptions(comfy_root=Path("/r"), write_path=name).pull_settings()
+        assert settings.write_path == name
+        assert {k: getattr(settings, k) for k in fields_set} == fields_set
 
 
-def test_direct_io_and_fast_http_reach_the_pull(
+def test_the_default_write_path_is_write_behind() -> None:
+    # Chosen by measurement (bench/warmup.py (g) vs (g')): see PullSettings' docstring.
+    assert transfer.PullSettings().write_path == "write-behind"
+    assert WarmupOptions(comfy_root=Path("/r")).pull_settings().write_path == "write-behind"
+
+
+def test_write_path_and_fast_http_reach_the_pull(
     tmp_path: Path, local_store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from comfyfleet.cli import main
@@ -123,10 +133,11 @@ def test_direct_io_and_fast_http_reach_the_pull(
     monkeypatch.setattr(driver, "pull", recording_pull)
     _, args = mirrored_root(tmp_path, local_store)
     argv = ["warmup", *args, "--gpu", "none", "--no-history", "--json"]
-    assert main([*argv, "--verify", "full", "--no-direct-io", "--no-fast-http"]) == 0
-    assert (seen[-1].verify, seen[-1].direct_io, seen[-1].fast_http) == ("full", False, False)
+    assert main([*argv, "--verify", "full", "--write-path", "direct", "--no-fast-http"]) == 0
+    assert (seen[-1].verify, seen[-1].write_path, seen[-1].fast_http) == ("full", "direct", False)
     assert main(argv) == 0
-    assert (seen[-1].verify, seen[-1].direct_io, seen[-1].fast_http) == ("fast", True, True)
+    last = seen[-1]
+    assert (last.verify, last.write_path, last.fast_http) == ("fast", "write-behind", True)
 
 
 def test_the_driver_retries_only_transient_pull_failures() -> None:
