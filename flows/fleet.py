@@ -2,13 +2,15 @@
 ``fleet-reaper`` (destroy fleet instances that cost money for nothing).
 
 ``fleet-batch`` runs :class:`comfyfleet.fleet.batch.FleetBatch` in one task: rent ``count``
-instances (or reuse the fleet), wait for them to be ready (those that fail or time out are
-released; none ready fails the run), run the batch over every ready instance through the
-generate driver, and destroy what it rented in a ``finally``, also when the batch raises or
-the run is interrupted. A run that is cancelled or crashes outright (its process killed)
-never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks destroy
-every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and the
-reaper is the backstop. The summary artifact puts the cost first: $/h x billed time per
+instances (or reuse the fleet), wait for their ``comfyfleet.instance.ready`` events in this
+Prefect server's event store (:class:`PrefectInstanceEvents`) with a timeout, each checked by a
+probe through its gateway (a failed warm-up event releases the instance at once; those that
+time out are released then; none ready fails the run), run the batch over every ready instance
+through the generate driver, and destroy what it rented in a ``finally``, also when the batch
+raises or the run is interrupted. A run that is cancelled or crashes outright (its process
+killed) never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks
+destroy every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and
+the reaper is the backstop. The summary artifact puts the cost first: $/h x billed time per
 instance, per batch and per output (markdown + a table). Gateway tokens are read from the
 instances' own env inside the task, never parameters, log lines or artifacts.
 
@@ -30,6 +32,7 @@ lists afresh and so never destroys twice. The key is read inside the task from a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +44,12 @@ from prefect.runtime import flow_run as current_run
 
 from comfyfleet.fleet.batch import DEFAULT_READY_TIMEOUT_S, FleetBatch, FleetBatchRequest
 from comfyfleet.fleet.cost import format_usd
+from comfyfleet.fleet.instance_events import (
+    EVENT_NAMES,
+    InstanceEvent,
+    parse_event,
+    resource_ids,
+)
 from comfyfleet.fleet.offers import OfferQuery
 from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
 from comfyfleet.fleet.release import release_rent
@@ -52,6 +61,51 @@ from flows._common import artifact_key, load_tokens, open_flow_store, transient_
 
 TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 30
+# Pages of 200 events: far more than a fleet's instances emit (two events per boot); the
+# cap only bounds a pathological store.
+EVENT_PAGE = 200
+EVENT_PAGES_MAX = 20
+
+
+class PrefectInstanceEvents:
+    """The fleet's :data:`~comfyfleet.fleet.instance_events.EventSource` over Prefect's
+    event store (``POST /api/events/filter`` through the client): the ready and warm-up
+    finished events whose resource is one of the instances'. A failed read is logged once
+    and counts as "nothing seen yet" (the readiness wait polls again; its timeout bounds it)."""
+
+    def __init__(self, warn: Any = None) -> None:
+        self._warn = warn
+        self._warned = False
+
+    def __call__(self, instance_ids: Sequence[int]) -> list[InstanceEvent]:
+        from prefect.client.orchestration import get_client
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+        if not instance_ids:
+            return []
+        wanted = EventFilter(
+            event=EventNameFilter(name=list(EVENT_NAMES)),
+            resource=EventResourceFilter(id=[r for i in instance_ids for r in resource_ids(i)]),
+        )
+        out: list[InstanceEvent] = []
+        try:
+            with get_client(sync_client=True) as client:
+                page = client.read_events(wanted, limit=EVENT_PAGE)
+                for _ in range(EVENT_PAGES_MAX):
+                    for e in page.events:
+                        parsed = parse_event(
+                            e.event, e.resource.id, e.payload, e.occurred.timestamp()
+                        )
+                        if parsed is not None:
+                            out.append(parsed)
+                    if page.next_page is None:
+                        break
+                    page = client.read_events_page(str(page.next_page))
+        except Exception as exc:  # noqa: BLE001 - any client/server error: not seen yet
+            if not self._warned and self._warn is not None:
+                self._warn(f"reading the instances' events from Prefect failed: {exc!r}")
+            self._warned = True
+        return out
 
 
 def _client(vast_block: str | None) -> VastClient:
@@ -253,6 +307,7 @@ def fleet_batch_task(params: dict[str, Any], rent_id: str) -> dict[str, Any]:
             tokens=load_tokens(params["tokens_block"]),
             on_event=on_event,
             say=logger.info,
+            events=PrefectInstanceEvents(logger.warning) if params["ready_events"] else None,
         )
         try:
             report = run.run()
@@ -312,6 +367,7 @@ def fleet_batch(
     batch_id: str | None = None,
     reuse: bool = False,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    ready_events: bool = True,
     min_vram_gb: float = 24.0,
     disk_gb: float = DEFAULT_DISK_GB,
     gpu: str | None = None,
@@ -327,7 +383,11 @@ def fleet_batch(
 ) -> dict[str, Any]:
     """Rent ``count`` instances for ``fleet`` (``reuse``: take the fleet's instances as
     they are), wait ``ready_timeout_s`` for them, run ``jobs_file`` over every ready one,
-    destroy what was rented. Key: a ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
+    destroy what was rented. An instance is ready when its ``comfyfleet.instance.ready``
+    event is in this Prefect server and its gateway answers with the token; one whose
+    warm-up failed event arrives is released at once. ``ready_events=False``: the gateway
+    probe alone decides (instances whose on-start script reports no events). Key: a
+    ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
     params = dict(locals())
     rent_id = str(current_run.id or "")
     result: dict[str, Any] = fleet_batch_task(params, rent_id)
