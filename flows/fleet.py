@@ -37,9 +37,11 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import flow_run as current_run
 
 from comfyfleet.fleet.batch import DEFAULT_READY_TIMEOUT_S, FleetBatch, FleetBatchRequest
@@ -61,17 +63,19 @@ from flows._common import artifact_key, load_tokens, open_flow_store, transient_
 
 TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 30
-# Pages of 200 events: far more than a fleet's instances emit (two events per boot); the
+# Pages of 50 events (the API's largest): a fleet's instances emit two per boot; the page
 # cap only bounds a pathological store.
-EVENT_PAGE = 200
+EVENT_PAGE = 50
 EVENT_PAGES_MAX = 20
 
 
 class PrefectInstanceEvents:
     """The fleet's :data:`~comfyfleet.fleet.instance_events.EventSource` over Prefect's
     event store (``POST /api/events/filter`` through the client): the ready and warm-up
-    finished events whose resource is one of the instances'. A failed read is logged once
-    and counts as "nothing seen yet" (the readiness wait polls again; its timeout bounds it)."""
+    finished events whose resource is one of the instances'. A read that fails for a
+    passing reason (server unreachable, 5xx) is logged once and counts as "nothing seen
+    yet": the readiness wait polls again, and its timeout bounds it. Any other error (a 4xx:
+    a request this code got wrong) is raised."""
 
     def __init__(self, warn: Any = None) -> None:
         self._warn = warn
@@ -101,7 +105,10 @@ class PrefectInstanceEvents:
                     if page.next_page is None:
                         break
                     page = client.read_events_page(str(page.next_page))
-        except Exception as exc:  # noqa: BLE001 - any client/server error: not seen yet
+        except (httpx.TransportError, PrefectHTTPStatusError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", 0)
+            if isinstance(exc, PrefectHTTPStatusError) and status < 500:
+                raise
             if not self._warned and self._warn is not None:
                 self._warn(f"reading the instances' events from Prefect failed: {exc!r}")
             self._warned = True

@@ -18,6 +18,7 @@ keeps them in memory as an event source for the core alone.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import socket
 import threading
 import time
@@ -32,6 +33,11 @@ from comfyfleet.render.onstart_steps import resource
 from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.vast import FakeVast, InstanceRecord
+
+# Each SimFleet numbers its instances from a fresh block, as vast.ai never reuses an id: the
+# session's one Prefect server keeps every test's events, and a later test's instance must
+# not find an earlier one's ready event under its own id.
+_ID_BLOCKS = itertools.count(31840215, 1000)
 
 # (event name, resource, payload): what `prefect event emit` sends from an instance.
 Emit = Callable[[str, dict[str, str], dict[str, Any]], None]
@@ -120,6 +126,7 @@ class SimFleet:
     def __post_init__(self) -> None:
         self._sockets: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
+        self.vast._instance_ids = itertools.count(next(_ID_BLOCKS))
         self.vast.provision_s = 0.0
         self.vast.load_s = 0.0
         self.vast.port_for = self._port_for

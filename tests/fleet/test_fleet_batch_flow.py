@@ -27,7 +27,7 @@ from comfyfleet.generate.batch import read_results
 from comfyfleet.store import open_store
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
-from tests.fleet.sim import SimFleet
+from tests.fleet.sim import SimFleet, prefect_emitter
 from tests.fleet.test_fleet_batch import jobs_file, rent_request, tokens
 from tests.support.artifacts import artifacts_of
 
@@ -72,7 +72,9 @@ def params(tmp_path: Path, **kw: Any) -> dict[str, Any]:
         "disk_gb": 60,
         "store": str(tmp_path / "store"),
         "batch_id": "fleet-e2e",
-        "ready_timeout_s": 2.0,
+        # The wait ends once every instance said ready or failed; the store shows an event
+        # within the server's persister flush (5 s).
+        "ready_timeout_s": 30.0,
         "endpoint_timeout_s": 1.0,
         "fal_fallback": False,
     }
@@ -90,6 +92,7 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
 ) -> None:
     from flows.fleet import fleet_batch
 
+    sim.emit = prefect_emitter()  # the instances report to the Prefect test server
     sim.broken = {4}  # the fourth instance fails its warm-up: released, no jobs
     killer = kill_halfway(sim, 0)
     prefect_logger = logging.getLogger("prefect")
@@ -124,7 +127,8 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
     data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
     by_id = {row["instance"]: row for row in data}
     assert set(by_id) == set(sim.created)
-    assert by_id[broken]["state"].startswith("not ready") and by_id[broken]["jobs_ok"] == 0
+    assert by_id[broken]["state"] == "not ready: warm-up failed: ComfyUI did not start"
+    assert by_id[broken]["jobs_ok"] == 0
     assert sum(row["jobs_ok"] for row in data) == JOBS
     assert sum(row["cost_usd"] for row in data) == pytest.approx(summary["cost_usd"], abs=1e-5)
     text = str(arts["markdown"][0].data)
@@ -145,6 +149,7 @@ def test_a_failing_run_and_the_cancellation_hook_release_what_was_rented(
 
     from flows.fleet import _release_hook, fleet_batch
 
+    sim.emit = prefect_emitter()
     state = fleet_batch(
         **params(tmp_path, count=2, jobs_file=str(tmp_path / "missing.csv")), return_state=True
     )
@@ -164,6 +169,46 @@ def test_a_failing_run_and_the_cancellation_hook_release_what_was_rented(
     gone = {r.instance_id for r in mine.rented}
     assert gone <= set(sim.destroyed)
     assert set(sim.vast.instances) == {other.rented[0].instance_id}
+
+
+@pytest.mark.flow
+def test_only_instances_whose_ready_event_arrived_get_jobs(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    """Events in the real Prefect server decide: the second instance's warm-up failed event
+    releases it at once, the third's gateway answers but its ready event never comes, so it
+    gets no job and is released at the timeout."""
+    from flows.fleet import fleet_batch
+
+    sim.emit, sim.broken, sim.silent = prefect_emitter(), {2}, {3}
+    started = time.monotonic()
+    state = fleet_batch(**params(tmp_path, count=3, ready_timeout_s=12.0), return_state=True)
+    assert state.is_completed(), state
+    first, broken, silent = sim.created
+    box = sim.boxes[silent]
+    assert box.comfy is not None and broken in sim.destroyed_at
+    rows = read_results(open_store(str(tmp_path / "store")), "fleet-e2e")
+    assert Counter(r["endpoint"] for r in rows) == {endpoint_name(first): JOBS}
+    assert sim.accepted(broken) == sim.accepted(silent) == 0
+    assert sim.destroyed[:2] == [broken, silent]
+    assert sim.destroyed_at[broken] - started < 10.0  # not after the 12 s timeout
+    assert sim.destroyed_at[silent] - started >= 12.0
+    states = state.result()["instances"]
+    assert states[str(broken)] == "not ready: warm-up failed: ComfyUI did not start"
+    assert states[str(silent)].startswith("not ready: not ready after 12 s: status running, no ")
+
+
+@pytest.mark.flow
+def test_without_ready_events_the_probe_decides(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    from flows.fleet import fleet_batch
+
+    params_ = params(tmp_path, count=2, ready_timeout_s=5.0, ready_events=False)
+    state = fleet_batch(**params_, return_state=True)  # no events at all (sim.emit None)
+    assert state.is_completed(), state
+    rows = read_results(open_store(str(tmp_path / "store")), "fleet-e2e")
+    assert {r["endpoint"] for r in rows} == {endpoint_name(i) for i in sim.created}
 
 
 def test_deployment_on_the_cpu_pool() -> None:

@@ -407,4 +407,3 @@ def test_small_answers_do_not_wait_for_delayed_acks() -> None:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         listener.close()
-
