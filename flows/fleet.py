@@ -19,8 +19,11 @@ instances' own env inside the task, never parameters, log lines or artifacts.
 Deployed with a cron schedule (every 10 minutes, ``prefect.yaml``), it is the backstop of
 the promise that a rented instance is always released: whatever a batch, an operator or a
 crash left behind, the next pass destroys it. The decisions are the library's
-(:mod:`comfyfleet.fleet.reaper`: failed status, stuck boot, idle past the limit, older than
-the max age); this module only loads the key, runs one pass as one task, and reports.
+(:mod:`comfyfleet.fleet.reaper`: failed status, stuck boot, a failed or timed-out warm-up,
+idle past the limit, older than the max age); this module loads the key, supplies the
+instances' events (:class:`PrefectInstanceEvents`: which warmed up, which failed) and their
+gateways' activity (the last proxied request, read with the fleet's token), runs one pass as
+one task, and reports.
 
 Report: a table artifact (one row per instance destroyed, with its reason, $/h and cost so
 far) and a markdown summary naming the $/h the pass stopped, per day too. The task retries
@@ -53,7 +56,7 @@ from comfyfleet.fleet.instance_events import (
     resource_ids,
 )
 from comfyfleet.fleet.offers import OfferQuery
-from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
+from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, fleet_activity, reap
 from comfyfleet.fleet.release import release_rent
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, default_onstart
 from comfyfleet.fleet.vast import VastClient
@@ -181,7 +184,15 @@ def reap_task(
 ) -> dict[str, Any]:
     logger = get_run_logger()
     with _client(vast_block) as client:
-        report = reap(client, policy, now=time.time(), fleet=fleet, dry_run=dry_run)
+        report = reap(
+            client,
+            policy,
+            now=time.time(),
+            fleet=fleet,
+            events=PrefectInstanceEvents(logger.warning),
+            activity=fleet_activity,
+            dry_run=dry_run,
+        )
     for d in report.decisions:
         logger.info("instance %s: %s (%s)", d.instance.id, d.reason, d.detail)
     key = artifact_key("fleet-reaper", report.fleet or "all")
@@ -208,19 +219,22 @@ def fleet_reaper(
     idle_minutes: float | None = 30,
     max_age_hours: float | None = 12,
     boot_timeout_minutes: float | None = 15,
+    warmup_timeout_minutes: float | None = 20,
     vast_block: str | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Destroy instances of ``fleet`` (default: every comfyfleet fleet, never an instance
     without a ``comfyfleet:`` label) that failed, never booted within
-    ``boot_timeout_minutes``, idled ``idle_minutes`` or outlived ``max_age_hours`` (None
-    turns a limit off). Key: a ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
+    ``boot_timeout_minutes``, failed their warm-up (their ``comfyfleet.warmup.finished``
+    event says so) or sent no ``comfyfleet.instance.ready`` within
+    ``warmup_timeout_minutes``, idled ``idle_minutes`` (no request through their gateway)
+    or outlived ``max_age_hours`` (None turns a limit off). Key: a ``comfyfleet-vast``
+    block, else ``$VAST_API_KEY``."""
     policy = ReapPolicy(
         idle_s=None if idle_minutes is None else idle_minutes * 60,
         max_age_s=None if max_age_hours is None else max_age_hours * 3600,
         boot_timeout_s=None if boot_timeout_minutes is None else boot_timeout_minutes * 60,
-        # Judged once ready events are collected (comfyfleet.instance.ready); until then off.
-        warmup_timeout_s=None,
+        warmup_timeout_s=None if warmup_timeout_minutes is None else warmup_timeout_minutes * 60,
     )
     result: dict[str, Any] = reap_task(fleet, policy, vast_block, dry_run)
     return result

@@ -79,7 +79,8 @@ class GatewayThread:
 
     def __init__(self, upstream: str, token: str, sock: socket.socket) -> None:
         self._sock = sock
-        self._server = server(Gateway(upstream, token, read_timeout=10))
+        self.app = Gateway(upstream, token, read_timeout=10)
+        self._server = server(self.app)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
