@@ -336,10 +336,10 @@ def test_cli_serves_with_the_env_token_and_never_prints_it(fake: FakeComfyUI) ->
         timeout=60,
     )
     assert missing.returncode == 2 and "COMFYFLEET_GATEWAY_TOKEN is not set" in missing.stderr
+    # The listen address from $COMFYFLEET_GATEWAY_LISTEN (what `instances up` sets).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfleet", "gateway", "--listen", "127.0.0.1:0"]
-        + ["--upstream", fake.url],
-        env=env,
+        [sys.executable, "-m", "comfyfleet", "gateway", "--upstream", fake.url],
+        env={**env, "COMFYFLEET_GATEWAY_LISTEN": "127.0.0.1:0"},
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -366,6 +366,21 @@ def test_cli_serves_with_the_env_token_and_never_prints_it(fake: FakeComfyUI) ->
         out, err = proc.communicate(timeout=20)
     assert TOKEN not in first + out + err
     assert "GET /queue -> 200" in err and "GET /queue -> 401" in err
+    # --listen wins over the variable (which is not even valid here).
+    bad_env = {**env, "COMFYFLEET_GATEWAY_LISTEN": "nowhere"}
+    cmd = [sys.executable, "-m", "comfyfleet", "gateway", "--upstream", fake.url]
+    refused = subprocess.run(cmd, env=bad_env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "COMFYFLEET_GATEWAY_LISTEN='nowhere' is not" in refused.stderr
+    proc = subprocess.Popen(
+        [*cmd, "--listen", "127.0.0.1:0"], env=bad_env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        assert re.search(r"gateway on 127\.0\.0\.1:\d+", proc.stderr.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
 
 
 def test_a_browser_opens_with_token_in_the_url_and_goes_on_with_the_cookie(
