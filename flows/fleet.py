@@ -370,11 +370,21 @@ def _batch_artifacts(run: FleetBatch) -> None:
 def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_cancellation``/``on_crashed``: the run's process may be gone with its
     ``finally``; destroy every instance the run rented, found by its mark."""
+    from prefect.logging.loggers import flow_run_logger
+
     params = flow_run.parameters or {}
     if params.get("reuse"):
         return
     with _client(params.get("vast_block")) as client:
-        release_rent(client, params["fleet"], str(flow_run.id))
+        done = release_rent(client, params["fleet"], str(flow_run.id))
+    # On the run's page: what the clean-up did (after a cancel the run's own ``finally``
+    # usually released its instances already; this catches what it could not).
+    flow_run_logger(flow_run).warning(
+        "%s hook: destroyed %s; not destroyed: %s",
+        getattr(state, "name", "release"),
+        done.destroyed or "nothing left",
+        sorted(done.failed) or "none",
+    )
 
 
 @flow(name="fleet-batch", on_cancellation=[_release_hook], on_crashed=[_release_hook])

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -217,3 +218,87 @@ def test_deployment_on_the_cpu_pool() -> None:
     assert spec["work_pool"]["name"] == "comfyfleet-cpu"
     assert spec["parameters"]["vast_block"] == "comfyfleet-vast"
     assert "schedules" not in spec
+
+
+@pytest.mark.flow
+def test_cancelling_a_served_run_destroys_every_instance_it_rented(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    """A real cancellation: the flow served by Prefect's runner (its runs in their own
+    processes), a run started, cancelled through the API while it waits for its instances;
+    the runner kills the run's process (no ``finally`` runs there) and the on_cancellation
+    hook destroys what the run rented, found by its mark."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Cancelling
+
+    sim.silent = {1, 2}  # warmed up in silence: the run waits for ready events
+    sim.emit = prefect_emitter()
+    name = f"cancel-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.fleet.serve_fleet_batch", name],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
+        text=True,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    deployment = client.read_deployment_by_name(f"fleet-batch/{name}")
+                    break
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                    assert time.monotonic() < deadline, "the deployment never appeared"
+                    time.sleep(0.5)
+            run = client.create_flow_run_from_deployment(
+                deployment.id, parameters=params(tmp_path, count=2, ready_timeout_s=300.0)
+            )
+            while len(sim.created) < 2:
+                assert time.monotonic() < deadline, "the run rented nothing"
+                time.sleep(0.2)
+            # An instance with the run's mark that its process never learnt of (a create
+            # whose answer was lost): only the hook, which finds instances by mark, can
+            # destroy it. And another run's instance, which must stay.
+            with VastClient() as vast_client:
+                lost = rent_fleet(vast_client, replace(rent_request(1), rent_id=str(run.id)))
+                other = rent_fleet(vast_client, rent_request(1))
+            mine = [*sim.created[:2], lost.rented[0].instance_id]
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            while True:
+                state = client.read_flow_run(run.id).state
+                cancelled = state is not None and state.type == StateType.CANCELLED
+                if cancelled and sorted(sim.destroyed) == sorted(mine):
+                    break
+                assert time.monotonic() < deadline, (state, sim.destroyed, sim.created)
+                time.sleep(0.2)
+            # The hook said what it did on the run's log (sent by the runner's process).
+            lost_id = lost.rented[0].instance_id
+            said: list[str] = []
+            # (Usually the run's own finally had released the two it knew: TerminationSignal
+            # is a BaseException; the hook destroys what is left by the mark.)
+            while not any("hook: destroyed [" in m and str(lost_id) in m for m in said):
+                assert time.monotonic() < deadline, said
+                time.sleep(0.5)
+                logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                said = [log.message for log in logs]
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert set(sim.vast.instances) == {other.rented[0].instance_id}
+    assert lost.rented[0].instance_id in sim.destroyed
