@@ -302,3 +302,15 @@ def test_cancelling_a_served_run_destroys_every_instance_it_rented(
         server.wait(30)
     assert set(sim.vast.instances) == {other.rented[0].instance_id}
     assert lost.rented[0].instance_id in sim.destroyed
+
+
+def test_an_unreachable_event_store_is_warned_once_and_reads_as_nothing_yet() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.fleet import PrefectInstanceEvents
+
+    warned: list[str] = []
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens
+        source = PrefectInstanceEvents(warned.append)
+        assert source([1]) == [] and source([2]) == [] and source([]) == []
+    assert len(warned) == 1 and "ConnectError" in warned[0]
