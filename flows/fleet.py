@@ -2,13 +2,15 @@
 ``fleet-reaper`` (destroy fleet instances that cost money for nothing).
 
 ``fleet-batch`` runs :class:`comfyfleet.fleet.batch.FleetBatch` in one task: rent ``count``
-instances (or reuse the fleet), wait for them to be ready (those that fail or time out are
-released; none ready fails the run), run the batch over every ready instance through the
-generate driver, and destroy what it rented in a ``finally``, also when the batch raises or
-the run is interrupted. A run that is cancelled or crashes outright (its process killed)
-never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks destroy
-every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and the
-reaper is the backstop. The summary artifact puts the cost first: $/h x billed time per
+instances (or reuse the fleet), wait for their ``comfyfleet.instance.ready`` events in this
+Prefect server's event store (:class:`PrefectInstanceEvents`) with a timeout, each checked by a
+probe through its gateway (a failed warm-up event releases the instance at once; those that
+time out are released then; none ready fails the run), run the batch over every ready instance
+through the generate driver, and destroy what it rented in a ``finally``, also when the batch
+raises or the run is interrupted. A run that is cancelled or crashes outright (its process
+killed) never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks
+destroy every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and
+the reaper is the backstop. The summary artifact puts the cost first: $/h x billed time per
 instance, per batch and per output (markdown + a table). Gateway tokens are read from the
 instances' own env inside the task, never parameters, log lines or artifacts.
 
@@ -17,8 +19,11 @@ instances' own env inside the task, never parameters, log lines or artifacts.
 Deployed with a cron schedule (every 10 minutes, ``prefect.yaml``), it is the backstop of
 the promise that a rented instance is always released: whatever a batch, an operator or a
 crash left behind, the next pass destroys it. The decisions are the library's
-(:mod:`comfyfleet.fleet.reaper`: failed status, stuck boot, idle past the limit, older than
-the max age); this module only loads the key, runs one pass as one task, and reports.
+(:mod:`comfyfleet.fleet.reaper`: failed status, stuck boot, a failed or timed-out warm-up,
+idle past the limit, older than the max age); this module loads the key, supplies the
+instances' events (:class:`PrefectInstanceEvents`: which warmed up, which failed) and their
+gateways' activity (the last proxied request, read with the fleet's token), runs one pass as
+one task, and reports.
 
 Report: a table artifact (one row per instance destroyed, with its reason, $/h and cost so
 far) and a markdown summary naming the $/h the pass stopped, per day too. The task retries
@@ -30,19 +35,28 @@ lists afresh and so never destroys twice. The key is read inside the task from a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import flow_run as current_run
 
 from comfyfleet.fleet.batch import DEFAULT_READY_TIMEOUT_S, FleetBatch, FleetBatchRequest
 from comfyfleet.fleet.cost import format_usd
+from comfyfleet.fleet.instance_events import (
+    EVENT_NAMES,
+    InstanceEvent,
+    parse_event,
+    resource_ids,
+)
 from comfyfleet.fleet.offers import OfferQuery
-from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, reap
+from comfyfleet.fleet.reaper import ReapPolicy, ReapReport, fleet_activity, reap
 from comfyfleet.fleet.release import release_rent
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, default_onstart
 from comfyfleet.fleet.vast import VastClient
@@ -52,6 +66,56 @@ from flows._common import artifact_key, load_tokens, open_flow_store, transient_
 
 TASK_RETRIES = 2
 TASK_RETRY_DELAY_S = 30
+# Pages of 50 events (the API's largest): a fleet's instances emit two per boot; the page
+# cap only bounds a pathological store.
+EVENT_PAGE = 50
+EVENT_PAGES_MAX = 20
+
+
+class PrefectInstanceEvents:
+    """The fleet's :data:`~comfyfleet.fleet.instance_events.EventSource` over Prefect's
+    event store (``POST /api/events/filter`` through the client): the ready and warm-up
+    finished events whose resource is one of the instances'. A read that fails for a
+    passing reason (server unreachable, 5xx) is logged once and counts as "nothing seen
+    yet": the readiness wait polls again, and its timeout bounds it. Any other error (a 4xx:
+    a request this code got wrong) is raised."""
+
+    def __init__(self, warn: Any = None) -> None:
+        self._warn = warn
+        self._warned = False
+
+    def __call__(self, instance_ids: Sequence[int]) -> list[InstanceEvent]:
+        from prefect.client.orchestration import get_client
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+        if not instance_ids:
+            return []
+        wanted = EventFilter(
+            event=EventNameFilter(name=list(EVENT_NAMES)),
+            resource=EventResourceFilter(id=[r for i in instance_ids for r in resource_ids(i)]),
+        )
+        out: list[InstanceEvent] = []
+        try:
+            with get_client(sync_client=True) as client:
+                page = client.read_events(wanted, limit=EVENT_PAGE)
+                for _ in range(EVENT_PAGES_MAX):
+                    for e in page.events:
+                        parsed = parse_event(
+                            e.event, e.resource.id, e.payload, e.occurred.timestamp()
+                        )
+                        if parsed is not None:
+                            out.append(parsed)
+                    if page.next_page is None:
+                        break
+                    page = client.read_events_page(str(page.next_page))
+        except (httpx.TransportError, PrefectHTTPStatusError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", 0)
+            if isinstance(exc, PrefectHTTPStatusError) and status < 500:
+                raise
+            if not self._warned and self._warn is not None:
+                self._warn(f"reading the instances' events from Prefect failed: {exc!r}")
+            self._warned = True
+        return out
 
 
 def _client(vast_block: str | None) -> VastClient:
@@ -120,7 +184,15 @@ def reap_task(
 ) -> dict[str, Any]:
     logger = get_run_logger()
     with _client(vast_block) as client:
-        report = reap(client, policy, now=time.time(), fleet=fleet, dry_run=dry_run)
+        report = reap(
+            client,
+            policy,
+            now=time.time(),
+            fleet=fleet,
+            events=PrefectInstanceEvents(logger.warning),
+            activity=fleet_activity,
+            dry_run=dry_run,
+        )
     for d in report.decisions:
         logger.info("instance %s: %s (%s)", d.instance.id, d.reason, d.detail)
     key = artifact_key("fleet-reaper", report.fleet or "all")
@@ -147,19 +219,22 @@ def fleet_reaper(
     idle_minutes: float | None = 30,
     max_age_hours: float | None = 12,
     boot_timeout_minutes: float | None = 15,
+    warmup_timeout_minutes: float | None = 20,
     vast_block: str | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Destroy instances of ``fleet`` (default: every comfyfleet fleet, never an instance
     without a ``comfyfleet:`` label) that failed, never booted within
-    ``boot_timeout_minutes``, idled ``idle_minutes`` or outlived ``max_age_hours`` (None
-    turns a limit off). Key: a ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
+    ``boot_timeout_minutes``, failed their warm-up (their ``comfyfleet.warmup.finished``
+    event says so) or sent no ``comfyfleet.instance.ready`` within
+    ``warmup_timeout_minutes``, idled ``idle_minutes`` (no request through their gateway)
+    or outlived ``max_age_hours`` (None turns a limit off). Key: a ``comfyfleet-vast``
+    block, else ``$VAST_API_KEY``."""
     policy = ReapPolicy(
         idle_s=None if idle_minutes is None else idle_minutes * 60,
         max_age_s=None if max_age_hours is None else max_age_hours * 3600,
         boot_timeout_s=None if boot_timeout_minutes is None else boot_timeout_minutes * 60,
-        # Judged once ready events are collected (comfyfleet.instance.ready); until then off.
-        warmup_timeout_s=None,
+        warmup_timeout_s=None if warmup_timeout_minutes is None else warmup_timeout_minutes * 60,
     )
     result: dict[str, Any] = reap_task(fleet, policy, vast_block, dry_run)
     return result
@@ -253,6 +328,7 @@ def fleet_batch_task(params: dict[str, Any], rent_id: str) -> dict[str, Any]:
             tokens=load_tokens(params["tokens_block"]),
             on_event=on_event,
             say=logger.info,
+            events=PrefectInstanceEvents(logger.warning) if params["ready_events"] else None,
         )
         try:
             report = run.run()
@@ -294,11 +370,21 @@ def _batch_artifacts(run: FleetBatch) -> None:
 def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_cancellation``/``on_crashed``: the run's process may be gone with its
     ``finally``; destroy every instance the run rented, found by its mark."""
+    from prefect.logging.loggers import flow_run_logger
+
     params = flow_run.parameters or {}
     if params.get("reuse"):
         return
     with _client(params.get("vast_block")) as client:
-        release_rent(client, params["fleet"], str(flow_run.id))
+        done = release_rent(client, params["fleet"], str(flow_run.id))
+    # On the run's page: what the clean-up did (after a cancel the run's own ``finally``
+    # usually released its instances already; this catches what it could not).
+    flow_run_logger(flow_run).warning(
+        "%s hook: destroyed %s; not destroyed: %s",
+        getattr(state, "name", "release"),
+        done.destroyed or "nothing left",
+        sorted(done.failed) or "none",
+    )
 
 
 @flow(name="fleet-batch", on_cancellation=[_release_hook], on_crashed=[_release_hook])
@@ -312,6 +398,7 @@ def fleet_batch(
     batch_id: str | None = None,
     reuse: bool = False,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    ready_events: bool = True,
     min_vram_gb: float = 24.0,
     disk_gb: float = DEFAULT_DISK_GB,
     gpu: str | None = None,
@@ -327,7 +414,11 @@ def fleet_batch(
 ) -> dict[str, Any]:
     """Rent ``count`` instances for ``fleet`` (``reuse``: take the fleet's instances as
     they are), wait ``ready_timeout_s`` for them, run ``jobs_file`` over every ready one,
-    destroy what was rented. Key: a ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
+    destroy what was rented. An instance is ready when its ``comfyfleet.instance.ready``
+    event is in this Prefect server and its gateway answers with the token; one whose
+    warm-up failed event arrives is released at once. ``ready_events=False``: the gateway
+    probe alone decides (instances whose on-start script reports no events). Key: a
+    ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
     params = dict(locals())
     rent_id = str(current_run.id or "")
     result: dict[str, Any] = fleet_batch_task(params, rent_id)

@@ -41,7 +41,12 @@ from comfyfleet.generate.batch import (
     default_batch_id,
     generate_from_file,
 )
-from comfyfleet.generate.endpoints import endpoint_refs, resolve_endpoints
+from comfyfleet.generate.endpoints import (
+    ComfyEndpoint,
+    check_unique,
+    endpoint_from_ref,
+    endpoint_refs,
+)
 from comfyfleet.generate.fal import FalSettings
 from flows._common import (
     ProgressThrottle,
@@ -55,13 +60,9 @@ def _artifact_key(prefix: str, batch_id: str) -> str:
     return artifact_key(prefix, batch_id, fallback="batch")
 
 
-def _comfy_urls(comfy_url: str | list[str] | None, comfy_block: str | None) -> list[str]:
-    urls = [comfy_url] if isinstance(comfy_url, str) else list(comfy_url or [])
-    if comfy_block:
-        from blocks import ComfyUIEndpoint, load
-
-        urls.append(str(load(ComfyUIEndpoint, comfy_block).url))
-    return urls
+# A reference's key naming the comfyfleet-comfyui block it came from (flows only: the block's
+# token is read from it inside the task, so no reference ever carries a token).
+BLOCK_REF_KEY = "block"
 
 
 def _endpoint_refs(
@@ -70,14 +71,49 @@ def _endpoint_refs(
     comfy_token_env: str | None,
     comfy_endpoints: str | None,
 ) -> list[dict[str, str]]:
-    urls = _comfy_urls(comfy_url, comfy_block)
-    if not urls and not comfy_endpoints:
+    urls = [comfy_url] if isinstance(comfy_url, str) else list(comfy_url or [])
+    if not urls and not comfy_endpoints and not comfy_block:
         raise ConfigError(
             "generate-batch needs comfy_url, comfy_block or comfy_endpoints",
             hint="pass the ComfyUI base URL(s), the name of a comfyfleet-comfyui block, "
             "or an endpoints file",
         )
-    return endpoint_refs(urls, token_env=comfy_token_env, endpoints_file=comfy_endpoints)
+    refs = (
+        endpoint_refs(urls, token_env=comfy_token_env, endpoints_file=comfy_endpoints)
+        if urls or comfy_endpoints
+        else []
+    )
+    if comfy_block:
+        from blocks import ComfyUIEndpoint, load
+
+        ref = {"url": str(load(ComfyUIEndpoint, comfy_block).url), BLOCK_REF_KEY: comfy_block}
+        if comfy_token_env:
+            ref["token_env"] = comfy_token_env  # used when the block holds no token
+        refs.append(ref)
+    return refs
+
+
+def _resolve(refs: list[dict[str, str]]) -> list[ComfyEndpoint]:
+    """The endpoints of ``refs``, tokens read here: a block's own token first, else the
+    reference's ``token_env``/``token_file``."""
+    endpoints = []
+    for ref in refs:
+        plain = {k: v for k, v in ref.items() if k != BLOCK_REF_KEY}
+        token = None
+        if BLOCK_REF_KEY in ref:
+            from blocks import ComfyUIEndpoint, load
+
+            token = load(ComfyUIEndpoint, ref[BLOCK_REF_KEY]).token
+            if token is not None and not token.get_secret_value():
+                token = None
+        if token is not None:
+            plain.pop("token_env", None)
+            endpoint = replace(endpoint_from_ref(plain), token=token)
+        else:
+            endpoint = endpoint_from_ref(plain)
+        endpoints.append(endpoint)
+    check_unique(endpoints)
+    return endpoints
 
 
 def _fal_key(fal_block: str | None) -> str | None:
@@ -147,7 +183,7 @@ def run_batch_task(
     report = generate_from_file(
         jobs_file,
         replace(options, batch_id=batch),
-        endpoints=resolve_endpoints(endpoints),
+        endpoints=_resolve(endpoints),
         store=store,
         tokens=load_tokens(tokens_block),
         on_event=on_event,

@@ -255,3 +255,46 @@ def test_tokens_come_from_the_environment_unless_a_block_is_named(
     SourceTokens.register_type_and_schema(_sync=True)
     with pytest.raises(BlockNotFound, match="no comfyfleet-source-tokens block named 'absent-"):
         load_tokens(f"absent-{uuid.uuid4().hex[:6]}")
+
+
+def test_comfyui_block_token_is_secret() -> None:
+    block = ComfyUIEndpoint(url="http://127.0.0.1:9188", token=SECRET)
+    assert isinstance(block.token, SecretStr) and block.token.get_secret_value() == SECRET
+    assert SECRET not in repr(block) and SECRET not in str(block)
+    assert ComfyUIEndpoint(url="http://127.0.0.1:8188").token is None
+
+
+@pytest.mark.flow
+def test_generate_batch_reaches_a_gateway_with_the_comfyui_blocks_token(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """The block's token opens the gateway; no flow parameter or task input carries it."""
+    import json
+
+    from comfyfleet.generate.batch import read_results
+    from flows.generate import _endpoint_refs, generate_batch
+    from tests.doubles.comfyui import FakeComfyUI
+    from tests.fleet.test_gateway import RunningGateway
+
+    token = "gateway-token-" + uuid.uuid4().hex
+    name = f"gpu-{uuid.uuid4().hex[:8]}"
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "workflow": "sdxl_txt2img", "prompt": "x"}) + "\n")
+    with FakeComfyUI() as fake, RunningGateway(fake.url, token) as gw:
+        ComfyUIEndpoint(url=gw.url, token=token).save(name)
+        refs = _endpoint_refs(None, name, None, None)
+        assert refs == [{"url": gw.url, "block": name}]
+        state = generate_batch(
+            jobs_file=str(jobs), comfy_block=name, store=str(tmp_path / "store"),
+            batch_id="blk", fal_fallback=False, return_state=True,
+        )  # fmt: skip
+        assert state.is_completed(), state
+        assert len(fake.accepted) == 1  # through the gateway, so with the token
+        ComfyUIEndpoint(url=gw.url).save(name, overwrite=True)  # no token: refused
+        refused = generate_batch(
+            jobs_file=str(jobs), comfy_block=name, store=str(tmp_path / "store2"),
+            batch_id="blk", fal_fallback=False, return_state=True,
+        )  # fmt: skip
+        assert not refused.is_completed() and len(fake.accepted) == 1
+    rows = read_results(LocalStore(tmp_path / "store"), "blk")
+    assert [r["status"] for r in rows] == ["ok"] and token not in json.dumps(rows, default=str)

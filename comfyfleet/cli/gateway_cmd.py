@@ -2,7 +2,9 @@
 
 Runs :class:`comfyfleet.fleet.gateway.Gateway` under uvicorn until interrupted. The token
 comes from ``$COMFYFLEET_GATEWAY_TOKEN`` only (an argument would show in ``ps``); the on-start
-script of a rented instance gets it from ``instances up``.
+script of a rented instance gets it from ``instances up``. Where it listens: ``--listen``,
+else ``$COMFYFLEET_GATEWAY_LISTEN`` (``instances up`` sets it to the published port), else
+every interface on the fleet's gateway port.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import sys
 from comfyfleet.cli.common import positive_float
 from comfyfleet.config import env
 from comfyfleet.errors import ConfigError
+from comfyfleet.fleet.access import GATEWAY_LISTEN_ENV, GATEWAY_PORT
+from comfyfleet.fleet.access import GATEWAY_TOKEN_ENV as TOKEN_ENV
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:8188"
-TOKEN_ENV = "COMFYFLEET_GATEWAY_TOKEN"
+DEFAULT_LISTEN = f"0.0.0.0:{GATEWAY_PORT}"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,9 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--listen",
-        default="0.0.0.0:8080",
+        default=None,
         metavar="HOST:PORT",
-        help="where to listen (default 0.0.0.0:8080)",
+        help=f"where to listen (default ${GATEWAY_LISTEN_ENV}, else {DEFAULT_LISTEN})",
     )
     p.add_argument(
         "--upstream",
@@ -60,7 +64,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             hint=f"export {TOKEN_ENV}=$(python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))')",
         )
-    host, port = parse_listen(args.listen)
+    from_env = None if args.listen else env(GATEWAY_LISTEN_ENV)
+    try:
+        host, port = parse_listen(args.listen or from_env or DEFAULT_LISTEN)
+    except ConfigError as exc:
+        if from_env is None:
+            raise
+        raise ConfigError(
+            f"${GATEWAY_LISTEN_ENV}={from_env!r} is not HOST:PORT",
+            hint=f"fix or unset it, or pass --listen HOST:PORT ({exc.hint})",
+        ) from None
     gateway = Gateway(args.upstream, token, read_timeout=args.read_timeout)
     sock = bind(host, port)
     logging.basicConfig(

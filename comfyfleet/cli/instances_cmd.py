@@ -32,7 +32,7 @@ from comfyfleet.fleet.labels import fleet_label, fleet_of
 from comfyfleet.fleet.listing import InstanceRow
 from comfyfleet.fleet.offers import OfferQuery, find_offers
 from comfyfleet.fleet.ready import ready_endpoints
-from comfyfleet.fleet.reaper import idle_seconds
+from comfyfleet.fleet.reaper import fleet_activity, idle_seconds
 from comfyfleet.fleet.release import release
 from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, rent_fleet
 from comfyfleet.fleet.vast import Instance, Offer, VastClient
@@ -373,7 +373,11 @@ def _down_targets(args: argparse.Namespace, client: VastClient) -> list[Instance
     instances = [i for i in instances if fleet_of(i.label)]
     if args.idle is not None:
         now = clock()
-        instances = [i for i in instances if idle_seconds(i, now) >= args.idle * 60]
+        # Real work as the gateways saw it (the last proxied request), as the reaper does.
+        active = fleet_activity(instances, now)
+        instances = [
+            i for i in instances if idle_seconds(i, now, active.get(i.id)) >= args.idle * 60
+        ]
     return instances
 
 

@@ -13,8 +13,11 @@
   instances' own env) and the endpoints (URL + bearer token) of a fleet's ComfyUIs.
 - :mod:`comfyfleet.fleet.wheel`: this checkout's wheel, uploaded into the store under its
   sha256, and the presigned URL + sha256 the on-start script installs it from.
-- :mod:`comfyfleet.fleet.ready`: which instances can take jobs (running, gateway up,
-  ComfyUI answering through it with the token) and their endpoints (``generate --fleet``).
+- :mod:`comfyfleet.fleet.instance_events`: what an instance's own events say (ready, warm-up
+  failed), matched to vast.ai ids; the ``EventSource`` seam the flows fill from Prefect.
+- :mod:`comfyfleet.fleet.ready`: which instances can take jobs (their ready event, when there
+  is an event source, and ComfyUI answering through the gateway with the token) and their
+  endpoints (``generate --fleet``).
 - :mod:`comfyfleet.fleet.batch`: ``fleet-batch`` without Prefect: rent or reuse, wait,
   run one batch over the ready instances, release in a ``finally``, the cost per output.
 - :mod:`comfyfleet.fleet.gateway`: the token-checking reverse proxy that is the only public

@@ -36,6 +36,7 @@ from comfyfleet.fleet.vast import Instance
 # vast.ai's ComfyUI images put their own Caddy portal there (ComfyUI itself on 18188).
 GATEWAY_PORT = 9188
 GATEWAY_TOKEN_ENV = "COMFYFLEET_GATEWAY_TOKEN"
+# ``comfyfleet gateway``'s listen address when --listen is not given.
 GATEWAY_LISTEN_ENV = "COMFYFLEET_GATEWAY_LISTEN"
 
 

@@ -5,10 +5,13 @@ every ready instance, release what was rented, and put a price on all of it.
 
 1. **Rent** ``count`` instances (:func:`comfyfleet.fleet.rent.rent_fleet`, all or nothing,
    marked with the caller's ``rent_id``), or **reuse** the fleet's instances as they are.
-2. **Wait** for readiness (:func:`comfyfleet.fleet.ready.wait_ready`) up to the timeout.
-   Rented instances that failed or did not get ready are **released at once**: they would
-   bill while taking no jobs. Reused ones are left alone (they are not ours; the reaper
-   judges them). None ready: :class:`~comfyfleet.errors.FleetError`.
+2. **Wait** for readiness (:func:`comfyfleet.fleet.ready.wait_ready`) up to the timeout:
+   with an event source, the instances' own ready events (plus a probe through the
+   gateway); without one, the probe alone. A rented instance whose warm-up failed event
+   arrives is **released the moment it is seen**; rented ones still not ready at the
+   timeout are released then: they would bill while taking no jobs. Reused ones are left
+   alone (they are not ours; the reaper judges them). None ready:
+   :class:`~comfyfleet.errors.FleetError`.
 3. **Run** the batch over the ready endpoints with the generate driver
    (:func:`comfyfleet.generate.batch.generate_from_file`): one queue, work stealing, an
    instance that dies has its jobs re-run elsewhere, each job once in ``results.parquet``
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyfleet.errors import FleetError
 from comfyfleet.fleet.cost import cost_usd, format_duration, format_usd
+from comfyfleet.fleet.instance_events import EventSource
 from comfyfleet.fleet.ready import Readiness, endpoint_name, wait_ready
 from comfyfleet.fleet.release import ReleaseReport, release
 from comfyfleet.fleet.rent import RentRequest, rent_fleet
@@ -179,6 +183,7 @@ class FleetBatch:
         tokens: Tokens | None = None,
         on_event: Callable[[BatchEvent], None] | None = None,
         say: Callable[[str], None] | None = None,
+        events: EventSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -187,6 +192,7 @@ class FleetBatch:
         self.tokens = tokens
         self.on_event = on_event
         self.say = say or (lambda _line: None)
+        self.events = events
         self.clock = clock
         self.rented: list[int] = []
         self.report = FleetBatchReport(fleet=request.fleet, started=clock())
@@ -212,7 +218,14 @@ class FleetBatch:
                     r.instance_id, True, r.offer.gpu_name, r.offer.dph_total, self.report.started
                 )
             ids = list(self.rented)
-        readiness = wait_ready(self.client, req.fleet, ids, timeout_s=req.ready_timeout_s)
+        readiness = wait_ready(
+            self.client,
+            req.fleet,
+            ids,
+            timeout_s=req.ready_timeout_s,
+            events=self.events,
+            on_failed=self._failed,
+        )
         self._note(readiness)
         if not readiness.ready:
             raise FleetError(
@@ -243,6 +256,16 @@ class FleetBatch:
                 return use
         return None
 
+    def _failed(self, instance_id: int, why: str) -> None:
+        """An instance failed for good while the others still warm up: release it now if
+        this run rented it (it bills while it can never take a job)."""
+        use = self.report.instances.get(instance_id)
+        if use is not None:
+            use.state = f"not ready: {why}"
+        if instance_id in self.rented:
+            self.say(f"instance {instance_id} failed ({why}): releasing it now")
+            self._record_release(release(self.client, [instance_id]), self.clock())
+
     def _note(self, readiness: Readiness) -> None:
         """Record every instance's state; release at once the rented ones not ready."""
         now = self.clock()
@@ -258,7 +281,8 @@ class FleetBatch:
             use.dph = instance.dph_total or use.dph
         for instance_id in readiness.ready:
             self.report.instances[instance_id].state = "ran jobs"
-        doomed = [i for i in readiness.not_ready if i in self.rented]
+        gone = set(self.report.released.destroyed) | set(self.report.released.already_gone)
+        doomed = [i for i in readiness.not_ready if i in self.rented and i not in gone]
         for instance_id, why in readiness.not_ready.items():
             if instance_id in self.report.instances:
                 self.report.instances[instance_id].state = f"not ready: {why}"

@@ -32,6 +32,13 @@ What it does:
   refused WebSocket upgrade gets the same ``401`` answer instead of ``101``).
 - **``/healthz``** answers ``ok`` without auth and says nothing else (no upstream address,
   no ComfyUI state), so a load balancer or ``instances ls`` can probe the port.
+- **``GET /comfyfleet/activity``** (token required, never forwarded) answers
+  ``{"last_request_at": epoch | null, "in_flight": n, "started_at": epoch}``: when the last
+  proxied request started or ended (or a WebSocket frame passed: a running prompt's progress
+  counts as work), how many HTTP requests are being relayed now, and when the gateway
+  started. The reaper's ``idle`` reason reads it: real work, not the GPU sample of one
+  moment. ``/healthz`` and this endpoint do not count as activity; an open but silent
+  WebSocket (an idle browser tab) does not either.
 - **HTTP**: every method and path goes to the upstream as it came, minus hop-by-hop
   headers, the ``Authorization`` header and the ``token`` query parameter. Bodies stream in
   both directions (an ``/upload/image`` body is sent on as it arrives, a ``/view`` answer is
@@ -81,6 +88,7 @@ log = logging.getLogger(__name__)
 TOKEN_QUERY = "token"
 COOKIE = "comfyfleet_gateway"
 HEALTH_PATH = "/healthz"
+ACTIVITY_PATH = "/comfyfleet/activity"
 # Shorter tokens are guessable; ``secrets.token_urlsafe(32)`` (what ``instances up`` makes)
 # is 43 characters.
 MIN_TOKEN_CHARS = 16
@@ -161,6 +169,7 @@ class Gateway:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
         if len(secret) < MIN_TOKEN_CHARS:
@@ -186,9 +195,24 @@ class Gateway:
         )
         self._connect_timeout = connect_timeout
         self._http: httpx.AsyncClient | None = None
+        self._clock = clock
+        self.started_at = clock()
+        self.last_request_at: float | None = None
+        self.in_flight = 0
 
     def __repr__(self) -> str:
         return f"Gateway(upstream={self.upstream!r}, token=***)"
+
+    def touch(self) -> None:
+        """Work passed through just now (see ``/comfyfleet/activity``)."""
+        self.last_request_at = self._clock()
+
+    def activity(self) -> dict[str, Any]:
+        return {
+            "last_request_at": self.last_request_at,
+            "in_flight": self.in_flight,
+            "started_at": self.started_at,
+        }
 
     # ------------------------------------------------------------------ ASGI
 
@@ -295,9 +319,19 @@ class Gateway:
             if not self.authorized(headers, query_token):
                 await _answer(send, *_UNAUTHORIZED, extra=[(b"www-authenticate", b"Bearer")])
                 return
+            if scope["path"] == ACTIVITY_PATH and method == "GET":
+                status = 200
+                await _answer(send, 200, json.dumps(self.activity()).encode())
+                return
             via_query = query_token is not None and "authorization" not in headers
             extra = [self._cookie_header()] if via_query else []
-            status = await self._proxy_http(scope, receive, send, headers, target, extra)
+            self.in_flight += 1
+            self.touch()
+            try:
+                status = await self._proxy_http(scope, receive, send, headers, target, extra)
+            finally:
+                self.in_flight -= 1
+                self.touch()
         finally:
             _access(scope, method, target, status, started)
 
@@ -404,21 +438,26 @@ class Gateway:
                 )
                 return
             status = 101
+            self.touch()
             async with upstream:
                 await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-                await _relay(receive, send, upstream)
+                await _relay(receive, send, upstream, self.touch)
         finally:
             _access(scope, "WS", target, status, started)
 
 
-async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
-    """Frames both ways until either side closes; then close the other side."""
+async def _relay(
+    receive: Receive, send: Send, upstream: ClientConnection, touch: Callable[[], None]
+) -> None:
+    """Frames both ways until either side closes; then close the other side. Each frame
+    is activity (``touch``)."""
 
     async def client_to_upstream() -> None:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
+            touch()
             if message.get("text") is not None:
                 await upstream.send(message["text"])
             elif message.get("bytes") is not None:
@@ -426,6 +465,7 @@ async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> No
 
     async def upstream_to_client() -> None:
         async for data in upstream:
+            touch()
             if isinstance(data, str):
                 await send({"type": "websocket.send", "text": data})
             else:

@@ -1,10 +1,21 @@
 """Which of a fleet's instances can take jobs, and their ComfyUI endpoints with the token.
 
-An instance is **ready** when vast.ai says it is ``running`` with the gateway's port
-published, its gateway answers ``/healthz``, and ComfyUI answers ``/system_stats`` *through*
-the gateway with the fleet's token (the gateway's ``/healthz`` alone says nothing about the
-ComfyUI behind it: a failed warm-up leaves the gateway up and ComfyUI down). An instance in
-``exited``/``unknown``/``offline`` has failed for good (vast.ai never brings those back).
+**With the instances' events** (an :data:`~comfyfleet.fleet.instance_events.EventSource`,
+which ``fleet-batch`` reads from Prefect's event store) an instance is **ready** when its
+``comfyfleet.instance.ready`` event arrived (its warm-up passed: the instance says so) *and*
+the probe below passes (reachable now, with the fleet's token: the network says so). One
+whose ``comfyfleet.warmup.finished`` event reports a failure is failed at once; one whose
+ready event never comes is never used, even if its gateway answers (a warm-up that hangs
+or never reported leaves ComfyUI up with models missing).
+
+**Without events** (``generate --fleet`` from a shell with no Prefect server) the probe
+alone decides: vast.ai says ``running`` with the gateway's port published, the gateway
+answers ``/healthz``, and ComfyUI answers ``/system_stats`` *through* the gateway with the
+fleet's token (``/healthz`` alone says nothing about the ComfyUI behind it: a failed
+warm-up leaves the gateway up and ComfyUI down).
+
+Either way an instance in ``exited``/``unknown``/``offline`` has failed for good (vast.ai
+never brings those back).
 
 The endpoints are :class:`~comfyfleet.generate.endpoints.ComfyEndpoint` objects named
 ``instance-<id>`` (the ``endpoint`` column of ``results.parquet``) with the token as a
@@ -23,10 +34,12 @@ from pydantic import SecretStr
 
 from comfyfleet.errors import FleetError
 from comfyfleet.fleet.access import GATEWAY_PORT, Endpoint, fleet_endpoints
+from comfyfleet.fleet.instance_events import EventSource, InstanceEvent, verdicts
 from comfyfleet.fleet.labels import fleet_label
 from comfyfleet.fleet.reaper import BAD_ENDINGS
 from comfyfleet.fleet.vast import Instance, VastClient
 from comfyfleet.generate.endpoints import ComfyEndpoint
+from comfyfleet.warmup.events import INSTANCE_READY
 
 PROBE_TIMEOUT_S = 5.0
 POLL_S = 2.0
@@ -62,10 +75,12 @@ def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
 @dataclass
 class Readiness:
-    """The outcome of waiting: endpoints of the ready instances, why the others are not."""
+    """The outcome of waiting: endpoints of the ready instances, why the others are not,
+    and which of those failed for good (gone, a bad status, a failed warm-up)."""
 
     ready: dict[int, Endpoint] = field(default_factory=dict)
     not_ready: dict[int, str] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)
     instances: dict[int, Instance] = field(default_factory=dict)  # last seen
 
     def comfy_endpoints(self) -> list[ComfyEndpoint]:
@@ -73,15 +88,24 @@ class Readiness:
 
 
 def _check(
-    instance: Instance, port: int, prober: Callable[[Endpoint], str | None]
+    instance: Instance,
+    port: int,
+    prober: Callable[[Endpoint], str | None],
+    verdict: InstanceEvent | None,
+    by_events: bool,
 ) -> tuple[Endpoint | None, str, bool]:
     """(endpoint if ready, why not, failed for good)."""
     status = instance.actual_status
     if status in BAD_ENDINGS:
         return None, f"status {status}: {instance.status_msg or 'no message'}", True
+    if verdict is not None and verdict.failed:
+        return None, f"warm-up failed: {verdict.detail}", True
     found = fleet_endpoints([instance], port)
     if status != "running" or not found:
         return None, f"status {status or 'provisioning'}", False
+    if by_events and verdict is None:
+        return None, f"status {status}, no {INSTANCE_READY} event yet", False
+    # The event says the warm-up passed; the probe says the gateway and ComfyUI answer now.
     why = prober(found[0])
     return (found[0], "", False) if why is None else (None, why, False)
 
@@ -92,6 +116,8 @@ def wait_ready(
     instance_ids: Iterable[int] | None = None,
     *,
     timeout_s: float,
+    events: EventSource | None = None,
+    on_failed: Callable[[int, str], None] | None = None,
     port: int = GATEWAY_PORT,
     poll_s: float = POLL_S,
     prober: Callable[[Endpoint], str | None] = probe,
@@ -99,9 +125,14 @@ def wait_ready(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Readiness:
     """Poll the fleet until every instance of ``instance_ids`` (default: all of the fleet's)
-    is ready or failed for good, or ``timeout_s`` passed. An instance that is gone counts as
-    failed. Raises nothing for unready instances: the caller decides (release them, run on
-    the rest)."""
+    is ready or failed for good, or ``timeout_s`` passed.
+
+    With ``events`` (see :mod:`comfyfleet.fleet.instance_events`) an instance is ready once
+    its ``comfyfleet.instance.ready`` event arrived *and* the probe passes; one whose warm-up
+    finished event says it failed is failed at once, and ``on_failed(id, why)`` is called
+    then (the caller releases it without waiting for the others). Without ``events``, the
+    probe alone decides. An instance that is gone counts as failed. Raises nothing for
+    unready instances: the caller decides (release them, run on the rest)."""
     label = fleet_label(fleet)
     wanted = None if instance_ids is None else set(instance_ids)
     out = Readiness()
@@ -110,40 +141,44 @@ def wait_ready(
         seen = {i.id: i for i in client.list_instances(label=label)}
         targets = set(seen) if wanted is None else wanted
         out.instances.update({i: seen[i] for i in targets if i in seen})
-        for instance_id in sorted(targets - set(out.ready)):
+        pending = sorted(targets - set(out.ready) - out.failed)
+        said = verdicts(events(pending)) if events is not None and pending else {}
+        for instance_id in pending:
             instance = seen.get(instance_id)
             if instance is None:
-                out.not_ready[instance_id] = "gone (destroyed or never created)"
-                continue
-            endpoint, why, failed = _check(instance, port, prober)
+                endpoint, why, failed = None, "gone (destroyed or never created)", True
+            else:
+                endpoint, why, failed = _check(
+                    instance, port, prober, said.get(instance_id), events is not None
+                )
             if endpoint is not None:
                 out.ready[instance_id] = endpoint
                 out.not_ready.pop(instance_id, None)
-            else:
-                out.not_ready[instance_id] = why + (" (failed)" if failed else "")
-        pending = [
-            i
-            for i in targets
-            if i not in out.ready
-            and not out.not_ready.get(i, "").endswith("(failed)")
-            and not out.not_ready.get(i, "").startswith("gone")
-        ]
-        if not pending or clock() >= deadline:
+                continue
+            out.not_ready[instance_id] = why
+            if failed:
+                out.failed.add(instance_id)
+                if on_failed is not None:
+                    on_failed(instance_id, why)
+        if not (targets - set(out.ready) - out.failed) or clock() >= deadline:
             break
         sleep(min(poll_s, max(0.0, deadline - clock())))
-    for instance_id in list(out.not_ready):
+    for instance_id in set(out.not_ready) - out.failed:
         why = out.not_ready[instance_id]
-        if not why.endswith("(failed)") and not why.startswith("gone"):
-            out.not_ready[instance_id] = f"not ready after {timeout_s:g} s: {why}"
+        out.not_ready[instance_id] = f"not ready after {timeout_s:g} s: {why}"
     return out
 
 
 def ready_endpoints(
-    client: VastClient, fleet: str, *, timeout_s: float = 0.0
+    client: VastClient,
+    fleet: str,
+    *,
+    timeout_s: float = 0.0,
+    events: EventSource | None = None,
 ) -> list[ComfyEndpoint]:
     """The endpoints of ``fleet``'s ready instances (``generate --fleet``); FleetError when
     none is ready."""
-    readiness = wait_ready(client, fleet, timeout_s=timeout_s)
+    readiness = wait_ready(client, fleet, timeout_s=timeout_s, events=events)
     if not readiness.ready:
         detail = "; ".join(f"{i}: {why}" for i, why in sorted(readiness.not_ready.items()))
         raise FleetError(

@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from comfyfleet import config
 from comfyfleet.errors import ConfigError
+from comfyfleet.sources.base import display_url
 
 DEFAULT_TOKEN_ENV = "COMFYFLEET_COMFY_TOKEN"
 _REF_KEYS = frozenset({"url", "name", "token_env", "token_file"})
@@ -45,15 +45,6 @@ class ComfyEndpoint:
     @property
     def label(self) -> str:
         return self.name or display_url(self.url)
-
-
-def display_url(url: str) -> str:
-    """``scheme://host:port/path``: no user:password, no query (where tokens hide)."""
-    raw = url if "://" in url else f"http://{url}"
-    parts = urlsplit(raw)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 def read_token(*, token_env: str | None = None, token_file: str | None = None) -> SecretStr:

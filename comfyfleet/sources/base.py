@@ -125,9 +125,18 @@ def redact_url(url: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """``url`` without its query string or userinfo (what error messages name)."""
-    parts = urlsplit(redact_uri(url))
-    return urlunsplit(parts._replace(query="", fragment=""))
+    """``scheme://host[:port]/path`` of ``url``: no userinfo, query or fragment (where
+    credentials and tokens hide), no trailing slash; a bare ``host:port`` reads as
+    ``http://``. What error messages name, and a ComfyUI endpoint's default name."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: leave it out rather than fail a message
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')

@@ -6,19 +6,72 @@ instance is created (its port is the instance's published port), ``on_create`` s
 instance's ComfyUI and its gateway with the token from the create call's env, ``on_destroy``
 stops both. An instance numbered in ``broken`` gets a gateway but no ComfyUI behind it (a
 failed warm-up: ``/healthz`` answers, every ComfyUI call is a 502).
+
+With ``emit`` set, each instance also reports as the fleet on-start script does (same event
+names, resource and payload keys): ``comfyfleet.warmup.finished`` (``exit_code`` 1 for a
+``broken`` one), then ``comfyfleet.instance.ready`` with its endpoint, except the ones
+numbered in ``silent``, whose ready event never comes although their gateway and ComfyUI
+answer. :func:`prefect_emitter` sends them to the Prefect test server; :class:`EventLog`
+keeps them in memory as an event source for the core alone.
 """
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from comfyfleet.fleet.access import GATEWAY_PORT, GATEWAY_TOKEN_ENV
 from comfyfleet.fleet.gateway import Gateway, bind, server
+from comfyfleet.fleet.instance_events import InstanceEvent, parse_event
+from comfyfleet.render.onstart_steps import resource
+from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
 from tests.doubles.comfyui import FakeComfyUI
 from tests.doubles.vast import FakeVast, InstanceRecord
+
+# Each SimFleet numbers its instances from a fresh block, as vast.ai never reuses an id: the
+# session's one Prefect server keeps every test's events, and a later test's instance must
+# not find an earlier one's ready event under its own id.
+_ID_BLOCKS = itertools.count(31840215, 1000)
+
+# (event name, resource, payload): what `prefect event emit` sends from an instance.
+Emit = Callable[[str, dict[str, str], dict[str, Any]], None]
+
+
+def prefect_emitter() -> Emit:
+    """Emit into the Prefect server of the caller's settings context (the test harness's):
+    instances are created on the vast.ai double's server thread, which would not see it."""
+    from prefect.events import emit_event
+
+    context = contextvars.copy_context()
+
+    def emit(name: str, res: dict[str, str], payload: dict[str, Any]) -> None:
+        context.copy().run(emit_event, event=name, resource=res, payload=payload)
+
+    return emit
+
+
+class EventLog:
+    """Instance events kept in memory: an ``emit`` for :class:`SimFleet` and the matching
+    event source (:data:`comfyfleet.fleet.instance_events.EventSource`)."""
+
+    def __init__(self) -> None:
+        self.events: list[InstanceEvent] = []
+        self.reads = 0
+
+    def emit(self, name: str, res: dict[str, str], payload: dict[str, Any]) -> None:
+        event = parse_event(name, res["prefect.resource.id"], payload, time.time())
+        assert event is not None, (name, res, payload)
+        self.events.append(event)
+
+    def __call__(self, instance_ids: Sequence[int]) -> list[InstanceEvent]:
+        self.reads += 1
+        return [e for e in self.events if e.instance_id in instance_ids]
 
 
 class GatewayThread:
@@ -26,10 +79,16 @@ class GatewayThread:
 
     def __init__(self, upstream: str, token: str, sock: socket.socket) -> None:
         self._sock = sock
-        self._server = server(Gateway(upstream, token, read_timeout=10))
+        self.app = Gateway(upstream, token, read_timeout=10)
+        self._server = server(self.app)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
+
+    @property
+    def port(self) -> int:
+        port: int = self._sock.getsockname()[1]
+        return port
 
     def start(self) -> None:
         self._thread.start()
@@ -58,13 +117,17 @@ class SimFleet:
     vast: FakeVast
     execution_time: float = 0.05
     broken: set[int] = field(default_factory=set)  # 1-based creation order
+    silent: set[int] = field(default_factory=set)  # no ready event (1-based creation order)
+    emit: Emit | None = None
     boxes: dict[int, Box] = field(default_factory=dict)
     created: list[int] = field(default_factory=list)
     destroyed: list[int] = field(default_factory=list)
+    destroyed_at: dict[int, float] = field(default_factory=dict)  # time.monotonic()
 
     def __post_init__(self) -> None:
         self._sockets: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
+        self.vast._instance_ids = itertools.count(next(_ID_BLOCKS))
         self.vast.provision_s = 0.0
         self.vast.load_s = 0.0
         self.vast.port_for = self._port_for
@@ -93,9 +156,37 @@ class SimFleet:
         gateway = GatewayThread(upstream, record.env[GATEWAY_TOKEN_ENV], self._sockets[record.id])
         gateway.start()
         self.boxes[record.id] = Box(record, comfy, gateway)
+        if self.emit is not None:
+            self._report(record, nth, gateway)
+
+    def _report(self, record: InstanceRecord, nth: int, gateway: GatewayThread) -> None:
+        """The events the fleet on-start script sends (resource ``C.<id>``, the payloads'
+        keys as ``onstart_steps`` writes them)."""
+        assert self.emit is not None
+        res = resource(f"C.{record.id}")
+        if nth in self.broken:
+            error = {"type": "ComfyError", "message": "ComfyUI did not start"}
+            self.emit(WARMUP_FINISHED, res, {"ok": False, "exit_code": 1, "error": error})
+            return
+        self.emit(WARMUP_FINISHED, res, {"ok": True, "exit_code": 0, "error": None})
+        if nth in self.silent:
+            return
+        port = gateway.port
+        payload = {
+            "instance_id": f"C.{record.id}",
+            "contract_id": str(record.id),
+            "endpoint": f"http://127.0.0.1:{port}",
+            "host": "127.0.0.1",
+            "port": str(port),
+            "fleet": record.env.get("COMFYFLEET_FLEET", ""),
+            "profile": "auto",
+            "warmup_s": "0.1",
+        }
+        self.emit(INSTANCE_READY, res, payload)
 
     def _destroy(self, record: InstanceRecord) -> None:
         self.destroyed.append(record.id)
+        self.destroyed_at[record.id] = time.monotonic()
         box = self.boxes.get(record.id)
         if box is not None:
             box.gateway.stop()

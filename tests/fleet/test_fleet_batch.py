@@ -6,6 +6,7 @@ rented, a reused fleet is left running, and the cost is $/h x billed time."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +15,17 @@ import pytest
 from comfyfleet.errors import ConfigError, FleetError
 from comfyfleet.fleet.access import GATEWAY_TOKEN_ENV
 from comfyfleet.fleet.batch import FleetBatch, FleetBatchRequest
+from comfyfleet.fleet.instance_events import InstanceEvent, parse_event, verdicts
 from comfyfleet.fleet.offers import OfferQuery
-from comfyfleet.fleet.ready import endpoint_name, ready_endpoints
+from comfyfleet.fleet.ready import endpoint_name, ready_endpoints, wait_ready
 from comfyfleet.fleet.rent import RentRequest, rent_fleet
 from comfyfleet.fleet.vast import VastClient
 from comfyfleet.generate.batch import BatchOptions, read_results
 from comfyfleet.render.assets import OnstartSettings
 from comfyfleet.store.base import ObjectStore
+from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
 from tests.doubles.vast import FakeVast
-from tests.fleet.sim import SimFleet
+from tests.fleet.sim import EventLog, SimFleet
 
 OPTIONS = BatchOptions(batch_id="fb", endpoint_timeout_s=1.0, retry_backoff_s=0.05)
 
@@ -170,3 +173,87 @@ def test_generate_cli_runs_on_a_fleet(
         assert not [t for t in tokens(sim) if t in text]
     assert main(["generate", jobs_file(tmp_path, 1), "--fleet", "empty", "--store", store]) == 1
     assert "fleet empty has no ready instance" in capfd.readouterr().err
+
+
+# ------------------------------------------------- readiness from the instances' events
+
+
+def test_with_events_only_instances_that_said_ready_are_ready(sim: SimFleet) -> None:
+    log = EventLog()
+    sim.emit, sim.silent = log.emit, {2}  # the second's gateway and ComfyUI answer, no event
+    with VastClient() as client:
+        rent_fleet(client, rent_request(3))
+        first, silent, third = sim.created
+        by_events = wait_ready(client, "night", timeout_s=1.0, events=log, poll_s=0.1)
+        by_probe = wait_ready(client, "night", timeout_s=1.0)
+    assert sorted(by_events.ready) == [first, third]
+    assert by_events.not_ready == {
+        silent: f"not ready after 1 s: status running, no {INSTANCE_READY} event yet"
+    }
+    assert silent not in by_events.failed and log.reads >= 2
+    assert sorted(by_probe.ready) == [first, silent, third]  # it does answer: events decide
+
+
+def test_a_ready_event_still_needs_the_gateway_to_answer(sim: SimFleet) -> None:
+    log = EventLog()
+    sim.emit = log.emit
+    with VastClient() as client:
+        rent_fleet(client, rent_request(1))
+        (only,) = sim.created
+        sim.boxes[only].gateway.stop()  # warmed up, then unreachable
+        readiness = wait_ready(client, "night", timeout_s=0.5, events=log, poll_s=0.1)
+    assert not readiness.ready
+    assert readiness.not_ready[only].startswith("not ready after 0.5 s: gateway unreachable")
+
+
+def test_a_failed_warmup_event_fails_and_releases_it_at_once(
+    sim: SimFleet, tmp_path: Path, local_store: ObjectStore
+) -> None:
+    log = EventLog()
+    sim.emit, sim.broken, sim.silent = log.emit, {2}, {3}
+    lines: list[tuple[float, str]] = []
+    request = FleetBatchRequest(
+        "night", jobs_file(tmp_path, 6), OPTIONS, rent_request(3), ready_timeout_s=3.0
+    )
+    started = time.monotonic()
+    with VastClient() as client:
+        report = FleetBatch(
+            client,
+            request,
+            store=local_store,
+            events=log,
+            say=lambda line: lines.append((time.monotonic(), line)),
+        ).run()
+    first, broken, silent = sim.created
+    assert report.batch is not None and report.batch.ok
+    assert {r.endpoint for r in report.batch.results} == {endpoint_name(first)}
+    assert sim.accepted(broken) == sim.accepted(silent) == 0
+    assert report.instances[broken].state == "not ready: warm-up failed: ComfyUI did not start"
+    assert report.instances[silent].state.startswith("not ready: not ready after 3 s")
+    # Released the moment its event was read, not at the end of the 3 s wait.
+    assert sim.destroyed[0] == broken and sim.destroyed_at[broken] - started < 2.0
+    assert sim.destroyed[1] == silent and sim.destroyed_at[silent] - started >= 3.0
+    assert any(f"instance {broken} failed" in line for _, line in lines)
+    assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
+    assert report.released.destroyed.count(broken) == 1
+
+
+def test_events_are_matched_by_the_vast_id_in_resource_or_payload() -> None:
+    ready = parse_event(
+        INSTANCE_READY, "comfyfleet.instance.host-a", {"contract_id": "42", "endpoint": "u"}, 5.0
+    )
+    assert ready == InstanceEvent(42, "ready", 5.0, True, "u")
+    failed = parse_event(
+        WARMUP_FINISHED, "comfyfleet.instance.C.7", {"exit_code": 3, "verdict": "FAIL"}, 6.0
+    )
+    assert failed is not None and failed.failed and failed.detail == "verdict FAIL"
+    passed = parse_event(WARMUP_FINISHED, "comfyfleet.instance.7", {"exit_code": 0}, 7.0)
+    assert passed is not None and not passed.failed and passed.instance_id == 7
+    assert parse_event(WARMUP_FINISHED, "comfyfleet.instance.7", {"ok": False}, 1.0) is not None
+    assert parse_event("comfyfleet.instance.started", "comfyfleet.instance.7", {}, 1.0) is None
+    assert parse_event(INSTANCE_READY, "comfyfleet.instance.my-box", {}, 1.0) is None
+    assert parse_event(INSTANCE_READY, "prefect.flow-run.7", {"contract_id": "7"}, 1.0) is None
+    # The latest decisive event wins: a reboot that passed after a failure is ready.
+    assert verdicts([failed, ready, passed, InstanceEvent(7, "ready", 8.0)])[7].kind == "ready"
+    assert verdicts([InstanceEvent(7, "ready", 1.0), failed])[7].failed
+    assert 7 not in verdicts([passed])

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,7 +28,7 @@ from comfyfleet.generate.batch import read_results
 from comfyfleet.store import open_store
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
-from tests.fleet.sim import SimFleet
+from tests.fleet.sim import SimFleet, prefect_emitter
 from tests.fleet.test_fleet_batch import jobs_file, rent_request, tokens
 from tests.support.artifacts import artifacts_of
 
@@ -72,7 +73,9 @@ def params(tmp_path: Path, **kw: Any) -> dict[str, Any]:
         "disk_gb": 60,
         "store": str(tmp_path / "store"),
         "batch_id": "fleet-e2e",
-        "ready_timeout_s": 2.0,
+        # The wait ends once every instance said ready or failed; the store shows an event
+        # within the server's persister flush (5 s).
+        "ready_timeout_s": 30.0,
         "endpoint_timeout_s": 1.0,
         "fal_fallback": False,
     }
@@ -90,6 +93,7 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
 ) -> None:
     from flows.fleet import fleet_batch
 
+    sim.emit = prefect_emitter()  # the instances report to the Prefect test server
     sim.broken = {4}  # the fourth instance fails its warm-up: released, no jobs
     killer = kill_halfway(sim, 0)
     prefect_logger = logging.getLogger("prefect")
@@ -124,7 +128,8 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
     data = table.data if isinstance(table.data, list) else yaml.safe_load(table.data)
     by_id = {row["instance"]: row for row in data}
     assert set(by_id) == set(sim.created)
-    assert by_id[broken]["state"].startswith("not ready") and by_id[broken]["jobs_ok"] == 0
+    assert by_id[broken]["state"] == "not ready: warm-up failed: ComfyUI did not start"
+    assert by_id[broken]["jobs_ok"] == 0
     assert sum(row["jobs_ok"] for row in data) == JOBS
     assert sum(row["cost_usd"] for row in data) == pytest.approx(summary["cost_usd"], abs=1e-5)
     text = str(arts["markdown"][0].data)
@@ -145,6 +150,7 @@ def test_a_failing_run_and_the_cancellation_hook_release_what_was_rented(
 
     from flows.fleet import _release_hook, fleet_batch
 
+    sim.emit = prefect_emitter()
     state = fleet_batch(
         **params(tmp_path, count=2, jobs_file=str(tmp_path / "missing.csv")), return_state=True
     )
@@ -166,9 +172,145 @@ def test_a_failing_run_and_the_cancellation_hook_release_what_was_rented(
     assert set(sim.vast.instances) == {other.rented[0].instance_id}
 
 
+@pytest.mark.flow
+def test_only_instances_whose_ready_event_arrived_get_jobs(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    """Events in the real Prefect server decide: the second instance's warm-up failed event
+    releases it at once, the third's gateway answers but its ready event never comes, so it
+    gets no job and is released at the timeout."""
+    from flows.fleet import fleet_batch
+
+    sim.emit, sim.broken, sim.silent = prefect_emitter(), {2}, {3}
+    started = time.monotonic()
+    state = fleet_batch(**params(tmp_path, count=3, ready_timeout_s=12.0), return_state=True)
+    assert state.is_completed(), state
+    first, broken, silent = sim.created
+    box = sim.boxes[silent]
+    assert box.comfy is not None and broken in sim.destroyed_at
+    rows = read_results(open_store(str(tmp_path / "store")), "fleet-e2e")
+    assert Counter(r["endpoint"] for r in rows) == {endpoint_name(first): JOBS}
+    assert sim.accepted(broken) == sim.accepted(silent) == 0
+    assert sim.destroyed[:2] == [broken, silent]
+    assert sim.destroyed_at[broken] - started < 10.0  # not after the 12 s timeout
+    assert sim.destroyed_at[silent] - started >= 12.0
+    states = state.result()["instances"]
+    assert states[str(broken)] == "not ready: warm-up failed: ComfyUI did not start"
+    assert states[str(silent)].startswith("not ready: not ready after 12 s: status running, no ")
+
+
+@pytest.mark.flow
+def test_without_ready_events_the_probe_decides(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    from flows.fleet import fleet_batch
+
+    params_ = params(tmp_path, count=2, ready_timeout_s=5.0, ready_events=False)
+    state = fleet_batch(**params_, return_state=True)  # no events at all (sim.emit None)
+    assert state.is_completed(), state
+    rows = read_results(open_store(str(tmp_path / "store")), "fleet-e2e")
+    assert {r["endpoint"] for r in rows} == {endpoint_name(i) for i in sim.created}
+
+
 def test_deployment_on_the_cpu_pool() -> None:
     spec = {d["name"]: d for d in load_deployments()}["fleet-batch"]
     assert spec["entrypoint"] == "flows/fleet.py:fleet_batch"
     assert spec["work_pool"]["name"] == "comfyfleet-cpu"
     assert spec["parameters"]["vast_block"] == "comfyfleet-vast"
     assert "schedules" not in spec
+
+
+@pytest.mark.flow
+def test_cancelling_a_served_run_destroys_every_instance_it_rented(
+    prefect_harness: None, sim: SimFleet, tmp_path: Path
+) -> None:
+    """A real cancellation: the flow served by Prefect's runner (its runs in their own
+    processes), a run started, cancelled through the API while it waits for its instances;
+    the runner kills the run's process (no ``finally`` runs there) and the on_cancellation
+    hook destroys what the run rented, found by its mark."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Cancelling
+
+    sim.silent = {1, 2}  # warmed up in silence: the run waits for ready events
+    sim.emit = prefect_emitter()
+    name = f"cancel-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.fleet.serve_fleet_batch", name],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
+        text=True,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    deployment = client.read_deployment_by_name(f"fleet-batch/{name}")
+                    break
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                    assert time.monotonic() < deadline, "the deployment never appeared"
+                    time.sleep(0.5)
+            run = client.create_flow_run_from_deployment(
+                deployment.id, parameters=params(tmp_path, count=2, ready_timeout_s=300.0)
+            )
+            while len(sim.created) < 2:
+                assert time.monotonic() < deadline, "the run rented nothing"
+                time.sleep(0.2)
+            # An instance with the run's mark that its process never learnt of (a create
+            # whose answer was lost): only the hook, which finds instances by mark, can
+            # destroy it. And another run's instance, which must stay.
+            with VastClient() as vast_client:
+                lost = rent_fleet(vast_client, replace(rent_request(1), rent_id=str(run.id)))
+                other = rent_fleet(vast_client, rent_request(1))
+            mine = [*sim.created[:2], lost.rented[0].instance_id]
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            while True:
+                state = client.read_flow_run(run.id).state
+                cancelled = state is not None and state.type == StateType.CANCELLED
+                if cancelled and sorted(sim.destroyed) == sorted(mine):
+                    break
+                assert time.monotonic() < deadline, (state, sim.destroyed, sim.created)
+                time.sleep(0.2)
+            # The hook said what it did on the run's log (sent by the runner's process).
+            lost_id = lost.rented[0].instance_id
+            said: list[str] = []
+            # (Usually the run's own finally had released the two it knew: TerminationSignal
+            # is a BaseException; the hook destroys what is left by the mark.)
+            while not any("hook: destroyed [" in m and str(lost_id) in m for m in said):
+                assert time.monotonic() < deadline, said
+                time.sleep(0.5)
+                logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                said = [log.message for log in logs]
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert set(sim.vast.instances) == {other.rented[0].instance_id}
+    assert lost.rented[0].instance_id in sim.destroyed
+
+
+def test_an_unreachable_event_store_is_warned_once_and_reads_as_nothing_yet() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.fleet import PrefectInstanceEvents
+
+    warned: list[str] = []
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens
+        source = PrefectInstanceEvents(warned.append)
+        assert source([1]) == [] and source([2]) == [] and source([]) == []
+    assert len(warned) == 1 and "ConnectError" in warned[0]

@@ -336,10 +336,10 @@ def test_cli_serves_with_the_env_token_and_never_prints_it(fake: FakeComfyUI) ->
         timeout=60,
     )
     assert missing.returncode == 2 and "COMFYFLEET_GATEWAY_TOKEN is not set" in missing.stderr
+    # The listen address from $COMFYFLEET_GATEWAY_LISTEN (what `instances up` sets).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfleet", "gateway", "--listen", "127.0.0.1:0"]
-        + ["--upstream", fake.url],
-        env=env,
+        [sys.executable, "-m", "comfyfleet", "gateway", "--upstream", fake.url],
+        env={**env, "COMFYFLEET_GATEWAY_LISTEN": "127.0.0.1:0"},
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -366,6 +366,21 @@ def test_cli_serves_with_the_env_token_and_never_prints_it(fake: FakeComfyUI) ->
         out, err = proc.communicate(timeout=20)
     assert TOKEN not in first + out + err
     assert "GET /queue -> 200" in err and "GET /queue -> 401" in err
+    # --listen wins over the variable (which is not even valid here).
+    bad_env = {**env, "COMFYFLEET_GATEWAY_LISTEN": "nowhere"}
+    cmd = [sys.executable, "-m", "comfyfleet", "gateway", "--upstream", fake.url]
+    refused = subprocess.run(cmd, env=bad_env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "COMFYFLEET_GATEWAY_LISTEN='nowhere' is not" in refused.stderr
+    proc = subprocess.Popen(
+        [*cmd, "--listen", "127.0.0.1:0"], env=bad_env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        assert re.search(r"gateway on 127\.0\.0\.1:\d+", proc.stderr.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
 
 
 def test_a_browser_opens_with_token_in_the_url_and_goes_on_with_the_cookie(
@@ -408,3 +423,65 @@ def test_small_answers_do_not_wait_for_delayed_acks() -> None:
     finally:
         listener.close()
 
+
+class _Slow(BaseHTTPRequestHandler):
+    """An upstream that takes its time: a request held open while the test looks."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        _Slow.release.wait(10)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_activity_needs_the_token_and_counts_only_proxied_work(
+    gw: RunningGateway, fake: FakeComfyUI
+) -> None:
+    url = gw.url + "/comfyfleet/activity"
+    HTTP = httpx.Client(timeout=10)  # noqa: N806 - no cookie from an earlier test's browser
+    assert HTTP.get(url).status_code == 401
+    assert HTTP.get(url + "?token=nope").status_code == 401
+    first = HTTP.get(url, headers=AUTH).json()
+    assert first["last_request_at"] is None and first["in_flight"] == 0
+    assert abs(first["started_at"] - time.time()) < 30
+    HTTP.get(gw.url + "/healthz")
+    HTTP.get(gw.url + "/queue")  # refused: no token, no work
+    assert HTTP.get(url, headers=AUTH).json()["last_request_at"] is None
+    assert fake.requests == []  # the activity endpoint is the gateway's own
+    before = time.time()
+    assert HTTP.get(gw.url + "/queue", headers=AUTH).status_code == 200
+    after = HTTP.get(url, headers=AUTH).json()
+    assert before <= after["last_request_at"] <= time.time() and after["in_flight"] == 0
+    # A WebSocket frame is work too (a running prompt's progress).
+    time.sleep(0.05)
+    with connect(f"{gw.ws_url}/ws?clientId=a", additional_headers=AUTH, open_timeout=5) as ws:
+        ws.recv(timeout=5)
+    assert HTTP.get(url, headers=AUTH).json()["last_request_at"] > after["last_request_at"]
+
+
+def test_activity_counts_requests_in_flight() -> None:
+    _Slow.release.clear()
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        with RunningGateway(f"http://127.0.0.1:{upstream.server_address[1]}") as gw:
+            slow = threading.Thread(target=lambda: HTTP.get(gw.url + "/slow", headers=AUTH))
+            slow.start()
+            deadline = time.monotonic() + 10
+            while HTTP.get(gw.url + "/comfyfleet/activity", headers=AUTH).json()["in_flight"] != 1:
+                assert time.monotonic() < deadline, "the slow request never showed"
+                time.sleep(0.02)
+            _Slow.release.set()
+            slow.join(10)
+            done = HTTP.get(gw.url + "/comfyfleet/activity", headers=AUTH).json()
+            assert done["in_flight"] == 0 and done["last_request_at"] is not None
+    finally:
+        _Slow.release.set()
+        upstream.shutdown()
+        upstream.server_close()

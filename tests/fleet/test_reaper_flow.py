@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from comfyfleet.errors import FleetError, VastUnavailable
-from comfyfleet.fleet.reaper import ReapPolicy, reap
+from comfyfleet.fleet.access import GATEWAY_TOKEN_ENV
+from comfyfleet.fleet.instance_events import verdicts
+from comfyfleet.fleet.reaper import ReapPolicy, fleet_activity, reap
+from comfyfleet.fleet.rent import rent_fleet
 from comfyfleet.fleet.vast import VastClient, VastSettings
+from comfyfleet.fleet.wheel import PublishedWheel
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
+from tests.fleet.sim import EventLog, SimFleet, prefect_emitter
+from tests.fleet.test_fleet_batch import rent_request
 from tests.support.artifacts import artifacts_of
 
 HOUR = 3600.0
@@ -152,3 +162,104 @@ def test_flow_dry_run_for_one_fleet(prefect_harness: None, vast: FakeVast) -> No
     assert set(summary["would_destroy"]) == {ids["orphan"], ids["crashed"]}
     arts = artifacts_of(state.state_details.flow_run_id)
     assert "would destroy 2" in str(arts["markdown"][0].data)
+
+
+# ------------------------------------- warm-ups from the events, idleness from the gateways
+
+
+@pytest.fixture
+def sim(vast: FakeVast) -> Iterator[SimFleet]:
+    for dph in (0.30, 0.40, 0.50, 0.60, 0.70):
+        vast.add_offer(gpu_name="RTX 4090", gpu_ram=24564, dph_base=dph)
+    fleet = SimFleet(vast)
+    yield fleet
+    fleet.close()
+
+
+WHEEL = PublishedWheel("comfyfleet-0-py3-none-any.whl", "ab" * 32, "wheels/x.whl", 1, 60, "u")
+
+
+def fleet_scene(sim: SimFleet, vast: FakeVast) -> dict[str, int]:
+    """Five instances of fleet ``reap``, all running the fleet on-start script (they report
+    their warm-up) but ``plain``, whose script sends no events."""
+    sim.broken, sim.silent = {2}, {3, 5}  # the plain one sends no ready event either
+    with VastClient() as client:
+        rent_fleet(client, replace(rent_request(4, fleet="reap"), wheel=WHEEL))
+        rent_fleet(client, rent_request(1, fleet="reap"))  # no wheel: the plain script
+    names = ("busy", "broken", "silent", "idle", "plain")
+    ids = dict(zip(names, sim.created, strict=True))
+    for name in ("busy", "idle", "plain"):
+        vast.backdate(ids[name], 2 * HOUR)  # rented long ago, no GPU use in the sample
+    vast.backdate(ids["silent"], 25 * 60)  # running 25 min, no ready event
+    # The idle one's gateway last relayed a request 40 min ago; the busy one's just now.
+    sim.boxes[ids["idle"]].gateway.app.last_request_at = time.time() - 40 * 60
+    box = sim.boxes[ids["busy"]]
+    token = box.record.env[GATEWAY_TOKEN_ENV]
+    answer = httpx.get(
+        f"http://127.0.0.1:{box.gateway.port}/queue",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    return ids
+
+
+EXPECTED = {
+    "broken": ("warmup-failed", "its warm-up failed: ComfyUI did not start"),
+    "silent": ("warmup-failed", "running 25 min without passing its warm-up (limit 20)"),
+    "idle": ("idle", "idle 40 min (limit 30)"),
+    # The plain one's script reports nothing: its silence says nothing about its warm-up.
+    # Its gateway was never used: idle since the gateway started (now), not the rent: kept.
+}
+
+
+def test_reap_judges_warmups_by_events_and_idleness_by_the_gateway(
+    sim: SimFleet, vast: FakeVast
+) -> None:
+    log = EventLog()
+    sim.emit = log.emit
+    ids = fleet_scene(sim, vast)
+    with VastClient() as client:
+        without = reap(client, ReapPolicy(), now=time.time(), fleet="reap", dry_run=True)
+        report = reap(
+            client,
+            ReapPolicy(),
+            now=time.time(),
+            fleet="reap",
+            events=log,
+            activity=fleet_activity,
+        )
+    # Without events or activity: every old one looks idle, the failed warm-ups look fine.
+    assert {d.instance.id for d in without.decisions} == {ids[n] for n in ("busy", "idle", "plain")}
+    got = {d.instance.id: (d.reason, d.detail) for d in report.decisions}
+    assert got == {ids[name]: want for name, want in EXPECTED.items()}
+    assert set(vast.instances) == {ids["busy"], ids["plain"]}
+    assert log.reads == 1
+
+
+@pytest.mark.flow
+def test_flow_reaps_failed_warmups_from_prefect_events_and_idle_by_activity(
+    prefect_harness: None, sim: SimFleet, vast: FakeVast
+) -> None:
+    from flows.fleet import PrefectInstanceEvents, fleet_reaper
+
+    sim.emit = prefect_emitter()
+    ids = fleet_scene(sim, vast)
+    source = PrefectInstanceEvents()
+    wanted = [ids[n] for n in ("busy", "broken", "idle")]  # one decisive event each
+    deadline = time.monotonic() + 30
+    while len(verdicts(source(wanted))) < 3:  # the server stores events within its flush
+        assert time.monotonic() < deadline, "the events never reached the store"
+        time.sleep(0.5)
+    state = fleet_reaper(fleet="reap", return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    reasons = {int(i): r for i, r in summary["reasons"].items()}
+    assert reasons == {ids[name]: want[0] for name, want in EXPECTED.items()}
+    assert set(vast.instances) == {ids["busy"], ids["plain"]}
+    rows = artifacts_of(state.state_details.flow_run_id)["table"][0].data
+    rows = rows if isinstance(rows, list) else yaml.safe_load(rows)
+    details = {r["instance"]: r["detail"] for r in rows}
+    assert details == {ids[name]: want[1] for name, want in EXPECTED.items()}
+    token = sim.boxes[ids["busy"]].record.env[GATEWAY_TOKEN_ENV]
+    assert token not in json.dumps(rows) + json.dumps(summary)

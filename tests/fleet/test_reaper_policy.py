@@ -64,6 +64,18 @@ def test_reasons(
     assert [d.reason for d in decisions] == ([reason] if reason else [])
 
 
+def test_a_failed_warmup_is_reaped_at_once_whatever_the_limits() -> None:
+    off = ReapPolicy(idle_s=None, max_age_s=None, boot_timeout_s=None, warmup_timeout_s=None)
+    young = inst(1)
+    for policy in (POLICY, off):
+        (d,) = instances_to_reap([young], NOW, policy, warmup_failed={1: "ComfyUI died"})
+        assert (d.reason, d.detail) == ("warmup-failed", "its warm-up failed: ComfyUI died")
+    # A bad status still names the cause first; another instance's failure is not this one's.
+    (d,) = instances_to_reap([inst(1, "exited")], NOW, POLICY, warmup_failed={1: "x"})
+    assert d.reason == "failed"
+    assert instances_to_reap([young], NOW, POLICY, warmup_failed={2: "x"}) == []
+
+
 def test_limits_set_to_none_are_not_applied() -> None:
     off = ReapPolicy(idle_s=None, max_age_s=None, boot_timeout_s=None, warmup_timeout_s=None)
     table = [inst(10_000), inst(10_000, "loading"), inst(10_000, None)]
