@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -58,6 +59,7 @@ from tests.doubles.vast import FakeVast, InstanceRecord
 REPO = Path(__file__).resolve().parents[2]
 BASH = shutil.which("bash") or "/bin/bash"
 MARK_ENV = "COMFYFLEET_TEST_INSTANCE"
+_PORTS = (20_000, 32_000)  # SeaweedFS's fixture takes 15000-30000 and +10000: checked free
 # Left out of the overlay: comfyfleet's own packages (they must come from the wheel), the
 # editable install's hooks, and pip's tooling (the instance venv has its own).
 _NOT_IN_OVERLAY = {
@@ -103,9 +105,19 @@ def site_overlay(dest: Path) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, below Linux's ephemeral range (32768-60999): the
+    instance binds it seconds later, and the many client connections of a test run take
+    their local ports from that range meanwhile."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(*_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS} on 127.0.0.1")
 
 
 def marked_pids(value: str | None = None) -> dict[int, str]:

@@ -24,11 +24,14 @@ up, ready, idle) is destroyed by the ``fleet-reaper`` flow, processes and all.
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,7 +44,7 @@ from comfyfleet.fleet.wheel import WHEEL_SHA256_ENV, WHEEL_URL_ENV
 from comfyfleet.generate.batch import read_results
 from comfyfleet.warmup import events
 from tests.doubles.vast import TEST_KEY, FakeVast
-from tests.fleet.instances import Image, ProcessFleet, site_overlay
+from tests.fleet.instances import Box, Image, ProcessFleet, site_overlay
 from tests.support.artifacts import artifacts_of
 from tests.support.seaweed import SeaweedServer
 from tests.warmup.mirrored import mirror, write_catalog
@@ -140,37 +143,50 @@ def _jobs(tmp_path: Path, n: int) -> str:
     return str(path)
 
 
-def _preempt_halfway(processes: ProcessFleet, serving: int) -> tuple[Any, list[float]]:
-    """A thread that kills the VICTIM-th instance once the serving instances' ComfyUIs
-    accepted half the jobs (each also ran its warm-up prompt)."""
-    import threading
+class Preemption:
+    """A thread that kills the VICTIM-th instance once the ComfyUIs of the first
+    ``serving`` instances accepted half the jobs (each also ran its warm-up prompt)."""
 
-    when: list[float] = []
+    def __init__(self, processes: ProcessFleet, serving: int) -> None:
+        self.processes = processes
+        self.serving = serving
+        self.at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def watch() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not when:
-            if len(processes.created) >= serving:
-                counts = [processes.prompts(i) for i in processes.created[:serving]]
-                if sum(max(c, 0) for c in counts) >= JOBS // 2 + serving:
-                    processes.kill(processes.created[VICTIM - 1])
-                    when.append(time.monotonic())
-                    return
-            time.sleep(0.05)
+    def __enter__(self) -> Preemption:
+        self._thread.start()
+        return self
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread, when
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _watch(self) -> None:
+        created = self.processes.created
+        while not self._stop.wait(0.1):
+            if len(created) < self.serving:
+                continue
+            counts = [self.processes.prompts(i) for i in created[: self.serving]]
+            if sum(max(c, 0) for c in counts) >= JOBS // 2 + self.serving:
+                self.processes.kill(created[VICTIM - 1])
+                self.at = time.monotonic()
+                return
 
 
-def _flow_runs_named(name: str) -> list[Any]:
+def _flow_runs_named(name: str, since: datetime) -> list[Any]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterStartTime,
+    )
 
+    runs = FlowRunFilter(
+        name=FlowRunFilterName(any_=[name]), start_time=FlowRunFilterStartTime(after_=since)
+    )
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
+        return client.read_flow_runs(flow_run_filter=runs)
 
 
 def _run_logs(flow_run_ids: list[Any]) -> str:
@@ -184,15 +200,19 @@ def _run_logs(flow_run_ids: list[Any]) -> str:
     return "\n".join(log.message for log in logs)
 
 
-def _events_named(name: str, want: int, timeout: float = 30) -> list[Any]:
-    """The events called ``name`` in the server's event store (persisted in batches: poll)."""
+def _events_named(name: str, since: datetime, want: int, timeout: float = 30) -> list[Any]:
+    """The events called ``name`` in the server's event store since ``since`` (the server
+    persists them in batches: poll until ``want`` are there)."""
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
+    wanted = EventFilter(
+        event=EventNameFilter(name=[name]), occurred=EventOccurredFilter(since=since)
+    )
     deadline = time.monotonic() + timeout
     while True:
         with get_client(sync_client=True) as client:
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+            page = client.read_events(wanted, limit=50)
         if len(page.events) >= want or time.monotonic() > deadline:
             return list(page.events)
         time.sleep(0.5)
@@ -212,10 +232,8 @@ def _secrets(processes: ProcessFleet, bucket: Bucket) -> dict[str, str]:
     return out
 
 
-def _installed_from_the_wheel(box: Any) -> tuple[str, str]:
+def _installed_from_the_wheel(box: Box) -> tuple[str, str]:
     """Where the instance's Python imports comfyfleet and flows from (its own env)."""
-    import subprocess
-
     code = "import comfyfleet, flows; print(comfyfleet.__file__); print(flows.__file__)"
     done = subprocess.run(
         [str(box.venv_python), "-c", code],
@@ -241,25 +259,25 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
 
     for dph in (0.30, 0.35, 0.40, 0.45, 0.90):  # 5 offers; the 4 cheapest are rented
         vast.add_offer(gpu_name="RTX 4090", gpu_ram=24564, dph_base=dph)
-    killer, killed_at = _preempt_halfway(processes, serving=BROKEN - 1)
+    since = datetime.now(UTC) - timedelta(seconds=1)
     started = time.monotonic()
-    state = fleet_batch(
-        fleet="e2e",
-        jobs_file=_jobs(tmp_path, JOBS),
-        count=4,
-        profile=PROFILE,
-        mode="script",
-        min_vram_gb=24,
-        disk_gb=60,
-        store_block=bucket.block,
-        batch_id="fleet-e2e-processes",
-        ready_timeout_s=90.0,
-        endpoint_timeout_s=5.0,
-        fal_fallback=False,
-        return_state=True,
-    )
+    with Preemption(processes, serving=BROKEN - 1) as preemption:
+        state = fleet_batch(
+            fleet="e2e",
+            jobs_file=_jobs(tmp_path, JOBS),
+            count=4,
+            profile=PROFILE,
+            mode="script",
+            min_vram_gb=24,
+            disk_gb=60,
+            store_block=bucket.block,
+            batch_id="fleet-e2e-processes",
+            ready_timeout_s=80.0,
+            endpoint_timeout_s=5.0,
+            fal_fallback=False,
+            return_state=True,
+        )
     wall = time.monotonic() - started
-    killer.join(5)
     created = list(processes.created)
     logs = {i: processes.boxes[i].logs() for i in created}
     assert state.is_completed(), (state, logs)
@@ -267,7 +285,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     assert len(created) == 4
     victim, broken = created[VICTIM - 1], created[BROKEN - 1]
     serving = [i for i in created if i != broken]
-    assert killed_at, "the preemption never happened"
+    assert preemption.at is not None, "the preemption never happened"
 
     # Every job exactly once, each row naming a serving instance; the victim worked, then
     # the others took its share over; the failed warm-up ran nothing.
@@ -291,6 +309,8 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     # comfyfleet on the instances is the wheel the flow published, installed by pip into
     # the instance's own venv (the overlay of test packages has no comfyfleet).
     sha = processes.boxes[victim].record.env[WHEEL_SHA256_ENV]
+    url = processes.boxes[victim].record.env[WHEEL_URL_ENV]
+    assert url.startswith(f"{bucket.server.endpoint_url}/") and "X-Amz-Signature=" in url
     assert bucket.store.exists(f"wheels/{sha}/comfyfleet-0.1.0-py3-none-any.whl") is not None
     for instance_id in created:
         box = processes.boxes[instance_id]
@@ -302,13 +322,13 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
         assert all(f.startswith(site) for f in imported), (site, imported)
 
     # The warm-ups ran as flow runs named after their instances, on this Prefect server.
-    warmups = {i: _flow_runs_named(f"warmup-C.{i}") for i in created}
+    warmups = {i: _flow_runs_named(f"warmup-C.{i}", since) for i in created}
     assert all(len(runs) == 1 for runs in warmups.values()), warmups
     assert all(warmups[i][0].state.is_completed() for i in serving)
     assert warmups[broken][0].state.is_failed()
     # The events are in Prefect's event store: ready for the serving ones (with the
     # endpoint vast.ai publishes), a failed warm-up's result and no ready for the broken one.
-    ready = _events_named(events.INSTANCE_READY, len(serving))
+    ready = _events_named(events.INSTANCE_READY, since, len(serving))
     by_resource = {e.resource.id: e for e in ready}
     assert set(by_resource) >= {f"comfyfleet.instance.C.{i}" for i in serving}
     assert f"comfyfleet.instance.C.{broken}" not in by_resource
@@ -316,7 +336,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
         port = processes.boxes[i].record.host_ports[f"{GATEWAY_PORT}/tcp"]
         payload = by_resource[f"comfyfleet.instance.C.{i}"].payload
         assert payload["endpoint"] == f"http://127.0.0.1:{port}" and payload["fleet"] == "e2e"
-    finished = _events_named(events.WARMUP_FINISHED, len(created))
+    finished = _events_named(events.WARMUP_FINISHED, since, len(created))
     outcome = {e.resource.id: e.payload["ok"] for e in finished}
     assert outcome[f"comfyfleet.instance.C.{broken}"] is False
     assert all(outcome[f"comfyfleet.instance.C.{i}"] is True for i in serving)
@@ -334,7 +354,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
             assert secret not in text, (what, instance_id)
     print(
         f"fleet e2e: {JOBS} jobs on 3 process instances (+1 failed warm-up), one preempted "
-        f"after {killed_at[0] - started:.1f} s; fleet-batch {wall:.1f} s"
+        f"after {preemption.at - started:.1f} s; fleet-batch {wall:.1f} s"
     )
 
 
