@@ -168,6 +168,7 @@ class Box:
     env: dict[str, str] = field(repr=False)
     proc: subprocess.Popen[bytes]
     mark: str
+    started_at: float = field(default_factory=time.time)
 
     @property
     def home(self) -> Path:
@@ -314,6 +315,12 @@ class ProcessFleet:
 
     def ready(self, instance_id: int) -> bool:
         return (self.boxes[instance_id].home / "ready.json").exists()
+
+    def ready_after(self, instance_id: int) -> float | None:
+        """Seconds from the instance's start to its ready file (None: never ready)."""
+        box = self.boxes[instance_id]
+        ready = box.home / "ready.json"
+        return ready.stat().st_mtime - box.started_at if ready.exists() else None
 
     def prompts(self, instance_id: int) -> int:
         """Prompts the instance's ComfyUI accepted so far (done, running, queued); -1 when

@@ -23,7 +23,9 @@ up, ready, idle) is destroyed by the ``fleet-reaper`` flow, processes and all.
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import subprocess
 import threading
 import time
@@ -55,6 +57,7 @@ JOBS = 300
 PROFILE = "tiny"  # a profile of the instances' catalog: two small files, both mirrored
 BROKEN = 4  # the fourth instance rented: its image's catalog names a file not mirrored
 VICTIM = 1  # the first one: preempted halfway through the batch
+_INSTANCE_IDS = itertools.count(random.randrange(10**7, 9 * 10**7, 1000), 1000)
 
 
 @dataclass
@@ -102,6 +105,16 @@ def bucket(
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return Bucket(name, store, s3_server)
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    """The vast.ai test server, its instance ids this test's own: the warm-up runs and the
+    events on the session's Prefect server are named after them."""
+    with FakeVast(first_instance_id=next(_INSTANCE_IDS)) as fake:
+        monkeypatch.setenv("VAST_URL", fake.url)
+        monkeypatch.setenv("VAST_API_KEY", TEST_KEY)
+        yield fake
 
 
 @pytest.fixture
@@ -272,7 +285,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
             disk_gb=60,
             store_block=bucket.block,
             batch_id="fleet-e2e-processes",
-            ready_timeout_s=80.0,
+            ready_timeout_s=90.0,
             endpoint_timeout_s=5.0,
             fal_fallback=False,
             return_state=True,
@@ -352,9 +365,11 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
         assert secret not in public, what
         for instance_id, text in logs.items():
             assert secret not in text, (what, instance_id)
+    boot = max(processes.ready_after(i) or 0.0 for i in serving)
     print(
-        f"fleet e2e: {JOBS} jobs on 3 process instances (+1 failed warm-up), one preempted "
-        f"after {preemption.at - started:.1f} s; fleet-batch {wall:.1f} s"
+        f"fleet e2e: {JOBS} jobs on 3 process instances (+1 failed warm-up); all ready after "
+        f"{boot:.1f} s, one preempted after {preemption.at - started:.1f} s; fleet-batch "
+        f"{wall:.1f} s"
     )
 
 
