@@ -100,8 +100,9 @@ def bucket(
     mirror(store, ["base", "vae"])
     # The instances report to this server (fleet-batch hands them PREFECT_API_URL).
     monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
-    # fleet-batch publishes the wheel through open_store(<the block's URI>), which takes
-    # its credentials from the environment, not from the block: the worker's AWS_* stand in.
+    # The worker's AWS_* too: fleet-batch publishes the wheel through open_store(<the
+    # block's URI>), which reads credentials from the environment, not from the block
+    # (flows/fleet.py _rent_request; without them: "no S3 credentials found").
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return Bucket(name, store, s3_server)
@@ -361,6 +362,8 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     public = json.dumps([str(a.data) for kind in arts.values() for a in kind])
     public += json.dumps(summary) + json.dumps(rows, default=str) + out + err
     public += _run_logs([runs[0].id for runs in warmups.values()])
+    public += json.dumps([runs[0].parameters for runs in warmups.values()], default=str)
+    public += json.dumps([e.payload for e in ready + finished], default=str)
     for what, secret in _secrets(processes, bucket).items():
         assert secret not in public, what
         for instance_id, text in logs.items():
