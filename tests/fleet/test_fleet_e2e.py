@@ -45,6 +45,7 @@ from comfyfleet.fleet.ready import endpoint_name
 from comfyfleet.fleet.wheel import WHEEL_SHA256_ENV, WHEEL_URL_ENV
 from comfyfleet.generate.batch import read_results
 from comfyfleet.warmup import events
+from comfyfleet.warmup.reports import read_history
 from tests.doubles.vast import TEST_KEY, FakeVast
 from tests.fleet.instances import Box, Image, ProcessFleet, site_overlay
 from tests.support.artifacts import artifacts_of
@@ -286,7 +287,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
             disk_gb=60,
             store_block=bucket.block,
             batch_id="fleet-e2e-processes",
-            ready_timeout_s=90.0,
+            ready_timeout_s=120.0,
             endpoint_timeout_s=5.0,
             fal_fallback=False,
             return_state=True,
@@ -340,6 +341,10 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     assert all(len(runs) == 1 for runs in warmups.values()), warmups
     assert all(warmups[i][0].state.is_completed() for i in serving)
     assert warmups[broken][0].state.is_failed()
+    # Four instances finishing together each added their row to the cold-start history in
+    # the store (the append's lease is a conditional put on SeaweedFS).
+    history = read_history(bucket.store)
+    assert sorted(history["instance_id"]) == sorted(f"C.{i}" for i in created)
     # The events are in Prefect's event store: ready for the serving ones (with the
     # endpoint vast.ai publishes), a failed warm-up's result and no ready for the broken one.
     ready = _events_named(events.INSTANCE_READY, since, len(serving))
