@@ -29,6 +29,8 @@ import random
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -423,7 +425,11 @@ def test_the_reaper_destroys_an_orphaned_instance_and_everything_it_runs(
         )  # fmt: skip
     _wait(lambda: processes.ready(orphan), 180, "the orphan's warm-up")
     endpoint = f"http://127.0.0.1:{vast.instances[orphan].host_ports[f'{GATEWAY_PORT}/tcp']}"
-    assert _answers(f"{endpoint}/healthz")
+    # Its ComfyUI is reachable through the gateway with the fleet's token only.
+    token = vast.instances[orphan].env[GATEWAY_TOKEN_ENV]
+    assert _status(f"{endpoint}/system_stats") == 401
+    assert _status(f"{endpoint}/system_stats", "not-the-token") == 401
+    assert _status(f"{endpoint}/system_stats", token) == 200
     # Its renter died two hours ago; the busy one has worked the whole hour it has run.
     vast.backdate(orphan, 2 * 3600)
     vast.backdate(busy, 3600)
@@ -446,14 +452,19 @@ def _prefect_api_url() -> str:
     return str(PREFECT_API_URL.value())
 
 
-def _answers(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
+def _status(url: str, token: str | None = None) -> int | None:
+    """The HTTP status ``url`` answers (None: nothing listens)."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except urllib.error.HTTPError:
-        return True
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except OSError:
-        return False
+        return None
+
+
+def _answers(url: str) -> bool:
+    return _status(url) is not None
