@@ -181,7 +181,7 @@ class Preemption:
 
     def _watch(self) -> None:
         created = self.processes.created
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.25):
             if len(created) < self.serving:
                 continue
             counts = [self.processes.prompts(i) for i in created[: self.serving]]
