@@ -167,6 +167,9 @@ class FakeVast:
     on_create: Callable[[InstanceRecord], None] | None = None
     on_destroy: Callable[[InstanceRecord], None] | None = None
     port_for: Callable[[int, int], int] | None = None
+    # Instance ids count up from here (tests sharing one Prefect server give each double
+    # its own range, so runs and events named after an instance are that test's).
+    first_instance_id: int = 31840215
     # Per-endpoint minimum interval (§6.3): "METHOD /path/prefix" -> seconds between calls;
     # a call sooner gets a plain-text 429 without Retry-After, as vast.ai answers.
     min_interval_s: dict[str, float] = field(default_factory=dict)
@@ -181,7 +184,7 @@ class FakeVast:
         self._faults: list[_Fault] = []
         self._offset = 0.0
         self._offer_ids = itertools.count(27418063)
-        self._instance_ids = itertools.count(31840215)
+        self._instance_ids = itertools.count(self.first_instance_id)
         self._ports = itertools.count(41800)
         self._last_call: dict[str, float] = {}
         self._server = Server("vast", self._route, self.requests, self._lock)

@@ -373,18 +373,22 @@ sys.exit(main(["--comfy-root", ".", "--port", argv[argv.index("--port") + 1]]))
 
 def _stub_venv(home: Path) -> Path:
     """comfyfleet already "installed" from this wheel (stamp = its sha256): wrappers around
-    this checkout's Python and CLI, and a ``prefect`` that records ``event emit`` calls (one
-    JSON list a line, in the returned file)."""
+    this checkout's Python and CLI, except that ``python -m prefect ...`` (the script's
+    ``event emit``) is recorded instead (one JSON list a line, in the returned file)."""
     bin_dir = home / "venv" / "bin"
-    _write_exe(bin_dir / "python", f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    comfyfleet = Path(sys.executable).with_name("comfyfleet")
-    _write_exe(bin_dir / "comfyfleet", f'#!/bin/sh\nexec "{comfyfleet}" "$@"\n')
     calls = home / "prefect-calls.jsonl"
     record = "import json, sys; print(json.dumps(sys.argv[1:]))"
     _write_exe(
-        bin_dir / "prefect",
-        f'#!/bin/sh\nexec "{sys.executable}" -c {shlex.quote(record)} "$@" >>"{calls}"\n',
+        bin_dir / "python",
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ] && [ "$2" = prefect ]; then\n'
+        "  shift 2\n"
+        f'  exec "{sys.executable}" -c {shlex.quote(record)} "$@" >>"{calls}"\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n',
     )
+    comfyfleet = Path(sys.executable).with_name("comfyfleet")
+    _write_exe(bin_dir / "comfyfleet", f'#!/bin/sh\nexec "{comfyfleet}" "$@"\n')
     (home / "venv" / ".comfyfleet-wheel").write_text("ab" * 32)
     return calls
 

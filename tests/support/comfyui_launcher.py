@@ -10,7 +10,8 @@ ComfyUI does. Everything else is ``tests.doubles.comfyui.FakeComfyUI``.
 
 Run as a process (what ``comfyfleet warmup --start-comfy`` launches in tests)::
 
-    python -m tests.support.comfyui_launcher --comfy-root DIR --port N [--boot-delay S]
+    python -m tests.support.comfyui_launcher --comfy-root DIR --port N [--boot-delay S] \
+        [--execution-time S]
 
 It serves until SIGTERM/SIGINT; ``--exit-code N`` exits at once with N instead (a ComfyUI
 that crashes on start).
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--boot-delay", type=float, default=0.0)
     parser.add_argument("--exit-code", type=int)
+    parser.add_argument("--execution-time", type=float, default=0.0)  # seconds per prompt
     args = parser.parse_args(argv)
     print(f"comfyui_launcher: root {args.comfy_root.absolute()}", flush=True)
     if args.exit_code is not None:
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    fake = DiskComfyUI(args.comfy_root, port=args.port).start()
+    fake = DiskComfyUI(args.comfy_root, port=args.port)
+    fake.execution_time = args.execution_time
+    fake.start()
     print(f"comfyui_launcher: listening on {fake.url}", flush=True)
     try:
         done.wait()
