@@ -31,7 +31,9 @@ cost so far, so a report can say what the destroy saves.
 never to an instance without a ``comfyfleet:`` label) and reports what it destroyed. Given
 an event source (:mod:`comfyfleet.fleet.instance_events`) it derives ``ready`` and
 ``warmup_failed`` from the instances' own events; given ``activity`` (the fleet's gateways),
-``last_active``. The warm-up timeout applies only to instances whose on-start script
+``last_active``, and a gateway that answers counts as a passed warm-up (the fleet script
+starts it only then) even while the ready event is still on its way or was lost.
+The warm-up timeout applies only to instances whose on-start script
 reports its warm-up (the fleet script, recognised by the wheel it installs,
 ``COMFYFLEET_WHEEL_SHA256`` in their env): one started by any other script never sends a
 ready event, and silence from it says nothing.
@@ -239,7 +241,13 @@ def reap(
         }
         ready -= set(failed)
     if activity is not None:
-        last_active = {**activity(instances, now), **(last_active or {})}
+        answered = activity(instances, now)
+        last_active = {**answered, **(last_active or {})}
+        # The fleet script starts the gateway only once the warm-up passed: a gateway that
+        # answers is a passed warm-up even while its ready event is still on its way (the
+        # event store saves every few seconds).
+        if ready is not None:
+            ready |= set(answered) - set(failed)
     decisions = instances_to_reap(
         instances, now, policy, last_active=last_active, ready=ready, warmup_failed=failed
     )

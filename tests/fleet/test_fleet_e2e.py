@@ -60,6 +60,7 @@ JOBS = 300
 PROFILE = "tiny"  # a profile of the instances' catalog: two small files, both mirrored
 BROKEN = 4  # the fourth instance rented: its image's catalog names a file not mirrored
 VICTIM = 1  # the first one: preempted halfway through the batch
+IDLE_LIMIT_S = 3.0  # the reaper test's idle limit
 _INSTANCE_IDS = itertools.count(random.randrange(10**7, 9 * 10**7, 1000), 1000)
 
 
@@ -436,7 +437,10 @@ def test_the_reaper_destroys_an_orphaned_instance_and_everything_it_runs(
     vast.instances[busy].gpu_util = 0.9
     assert processes.alive(orphan) and processes.alive(busy)
 
-    state = fleet_reaper(fleet="orphans", return_state=True)
+    # Idle time runs from the gateway's last relayed request (the status checks above), not
+    # from the rent: a short limit, then silence past it.
+    time.sleep(IDLE_LIMIT_S + 1)
+    state = fleet_reaper(fleet="orphans", idle_minutes=IDLE_LIMIT_S / 60, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     assert result["destroyed"] == [orphan] and result["reasons"] == {str(orphan): "idle"}

@@ -191,6 +191,8 @@ def fleet_scene(sim: SimFleet, vast: FakeVast) -> dict[str, int]:
     for name in ("busy", "idle", "plain"):
         vast.backdate(ids[name], 2 * HOUR)  # rented long ago, no GPU use in the sample
     vast.backdate(ids["silent"], 25 * 60)  # running 25 min, no ready event
+    # Still warming up: the fleet script starts its gateway only once the warm-up passed.
+    sim.boxes[ids["silent"]].gateway.stop()
     # The idle one's gateway last relayed a request 40 min ago; the busy one's just now.
     sim.boxes[ids["idle"]].gateway.app.last_request_at = time.time() - 40 * 60
     box = sim.boxes[ids["busy"]]
@@ -235,6 +237,27 @@ def test_reap_judges_warmups_by_events_and_idleness_by_the_gateway(
     assert got == {ids[name]: want for name, want in EXPECTED.items()}
     assert set(vast.instances) == {ids["busy"], ids["plain"]}
     assert log.reads == 1
+
+
+def test_a_gateway_that_answers_is_a_passed_warmup_even_before_its_event(
+    sim: SimFleet, vast: FakeVast
+) -> None:
+    # The fleet script starts the gateway only after the warm-up passed; its ready event
+    # may still be on the way (the event store saves every few seconds) or lost.
+    log = EventLog()
+    sim.emit = log.emit
+    sim.silent = {1}
+    with VastClient() as client:
+        rent_fleet(client, replace(rent_request(1, fleet="late"), wheel=WHEEL))
+        (instance_id,) = sim.created
+        vast.backdate(instance_id, 25 * 60)
+        kept = reap(
+            client, ReapPolicy(), now=time.time(), fleet="late", events=log,
+            activity=fleet_activity, dry_run=True,
+        )  # fmt: skip
+        judged = reap(client, ReapPolicy(), now=time.time(), fleet="late", events=log, dry_run=True)
+    assert kept.decisions == []
+    assert [(d.instance.id, d.reason) for d in judged.decisions] == [(instance_id, "warmup-failed")]
 
 
 @pytest.mark.flow
