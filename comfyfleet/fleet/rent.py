@@ -204,7 +204,9 @@ def default_onstart(request: RentRequest) -> OnstartSettings:
             hint="export PREFECT_API_URL=https://<your prefect server>/api (one the instances "
             "can reach)",
         )
-    return OnstartSettings(via="fleet", profile=request.profile, store=request.store)
+    # The store and the profile travel in the env (instance_env), not in the script: vast.ai
+    # takes 4048 characters of on-start, and a long store URI would eat into them.
+    return OnstartSettings(via="fleet")
 
 
 def rent_fleet(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
 import re
 import subprocess
@@ -284,3 +285,22 @@ def test_a_published_wheel_gets_the_fleet_script_and_needs_a_prefect_server() ->
     assert "COMFYFLEET_WHEEL_SHA256" in render_onstart(settings)
     with pytest.raises(ConfigError, match="PREFECT_API_URL is not set; nothing was rented"):
         default_onstart(request(wheel=wheel, prefect_api_url=""))
+
+
+def test_the_fleet_script_leaves_store_and_profile_to_the_env(vast: FakeVast) -> None:
+    """A long store URI must not push the fleet script past vast.ai's 4048 characters: the
+    store and the profile reach the instance in the create call's env only."""
+    wheel = PublishedWheel(
+        filename="comfyfleet-0.1.0-py3-none-any.whl", sha256="ab" * 32, key="wheels/x",
+        size=1, expires_s=3600, url="http://127.0.0.1:1/w?X-Amz-Signature=s",
+    )  # fmt: skip
+    # 150 characters gzip cannot shrink much (the script goes gzip + base64 packed).
+    store = "s3://models-" + hashlib.sha256(b"bucket").hexdigest()[:40] + "/" + "/".join(
+        hashlib.sha256(str(n).encode()).hexdigest()[:20] for n in range(5)
+    )
+    offers(vast, 1)
+    fleet_request = request(1, wheel=wheel, prefect_api_url="http://10.0.0.2:4200/api", store=store)
+    rent_fleet(client(), fleet_request)
+    (record,) = vast.instances.values()
+    assert len(record.body["onstart"]) <= ONSTART_LIMIT
+    assert record.env["COMFYFLEET_STORE"] == store and record.env["COMFYFLEET_PROFILE"]
