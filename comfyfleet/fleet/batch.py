@@ -32,6 +32,7 @@ The report sums them per batch and divides by the outputs stored (and the jobs d
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -243,8 +244,14 @@ class FleetBatch:
             poll_s=self.poll_s,
         )
         feed: EndpointQueue[ComfyEndpoint] = EndpointQueue()
+        # The caller's context goes along: a flow's settings (which API its event source
+        # reads) and run logger live in context variables a new thread would not see.
+        context = contextvars.copy_context()
         watcher = threading.Thread(
-            target=self._watch, args=(watch, feed), name="comfyfleet-ready", daemon=True
+            target=context.run,
+            args=(self._watch, watch, feed),
+            name="comfyfleet-ready",
+            daemon=True,
         )
         watcher.start()
         try:
