@@ -268,9 +268,11 @@ class FleetBatch:
                     "ready_timeout, or try other offers",
                 )
             first = feed.take_all()
+            seen = watch.readiness  # written by the watch's thread: counts only
+            waiting = len(seen.instances) - len(first) - len(seen.failed)
             self.say(
-                f"running the batch on {len(first)} ready instance(s); the others join "
-                "as they get ready"
+                f"running the batch on {len(first)} ready instance(s)"
+                + ("; the others join as they get ready" if waiting > 0 else "")
             )
             batch = generate_from_file(
                 req.jobs_file,
