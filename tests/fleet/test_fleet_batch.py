@@ -333,3 +333,35 @@ def test_an_instance_never_ready_is_released_at_the_timeout_while_the_batch_goes
     assert sim.destroyed_at[first] >= ended - 1.0  # released at the end, with the batch
     assert report.instances[silent].seconds < report.instances[first].seconds
     assert sorted(sim.destroyed) == sorted(sim.created)
+
+
+def test_vast_failing_during_the_batch_ends_the_joining_not_the_batch(
+    sim: SimFleet, tmp_path: Path, local_store: ObjectStore
+) -> None:
+    """Once the batch runs, a watch that cannot list the fleet any more (vast.ai refusing
+    the key) stops adding instances; the batch finishes on the ones it has and everything
+    rented is still released."""
+    log = EventLog()
+    sim.emit, sim.late, sim.execution_time = log.emit, {2: 1.0}, 0.1
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("running the batch"):
+            sim.vast.fail(401, times=1000, method="GET", path="/instances")
+
+    request = FleetBatchRequest(
+        "night", jobs_file(tmp_path, 20), OPTIONS, rent_request(2), ready_timeout_s=10.0
+    )
+    with VastClient() as client:
+        report = FleetBatch(
+            client, request, store=local_store, events=log, say=say, poll_s=0.1
+        ).run()
+    first, late = sim.created
+    assert report.batch is not None and report.batch.ok
+    rows = read_results(local_store, "fb")
+    assert _ran(rows) == {endpoint_name(first): 20} and sim.accepted(late) == 0
+    assert any(line.startswith("watching the fleet's readiness stopped: ") for line in lines)
+    assert report.instances[late].state.startswith("not ready: ")
+    sim.vast.clear_faults()
+    assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
