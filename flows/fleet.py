@@ -2,11 +2,12 @@
 ``fleet-reaper`` (destroy fleet instances that cost money for nothing).
 
 ``fleet-batch`` runs :class:`comfyfleet.fleet.batch.FleetBatch` in one task: rent ``count``
-instances (or reuse the fleet), wait for their ``comfyfleet.instance.ready`` events in this
+instances (or reuse the fleet), watch for their ``comfyfleet.instance.ready`` events in this
 Prefect server's event store (:class:`PrefectInstanceEvents`) with a timeout, each checked by a
 probe through its gateway (a failed warm-up event releases the instance at once; those that
-time out are released then; none ready fails the run), run the batch over every ready instance
-through the generate driver, and destroy what it rented in a ``finally``, also when the batch
+time out are released then, while the batch goes on; none ready fails the run), run the batch
+through the generate driver from the first ready instance on, each later one joining it as it
+gets ready, and destroy what it rented in a ``finally``, also when the batch
 raises or the run is interrupted. A run that is cancelled or crashes outright (its process
 killed) never reaches that ``finally``: the flow's ``on_cancellation``/``on_crashed`` hooks
 destroy every instance carrying the run's mark (``COMFYFLEET_RENT_ID`` = the flow run id), and
@@ -413,8 +414,9 @@ def fleet_batch(
     fal_fallback: bool = DEFAULT_OPTIONS.video.fal,
 ) -> dict[str, Any]:
     """Rent ``count`` instances for ``fleet`` (``reuse``: take the fleet's instances as
-    they are), wait ``ready_timeout_s`` for them, run ``jobs_file`` over every ready one,
-    destroy what was rented. An instance is ready when its ``comfyfleet.instance.ready``
+    they are), run ``jobs_file`` from the moment the first is ready, each other one joining
+    the batch as it gets ready (up to ``ready_timeout_s``; later ones are given up and
+    released), destroy what was rented. An instance is ready when its ``comfyfleet.instance.ready``
     event is in this Prefect server and its gateway answers with the token; one whose
     warm-up failed event arrives is released at once. ``ready_events=False``: the gateway
     probe alone decides (instances whose on-start script reports no events). Key: a

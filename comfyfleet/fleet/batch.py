@@ -1,21 +1,24 @@
-"""``fleet-batch`` without Prefect: rent (or reuse) a fleet, wait for it, run one batch over
-every ready instance, release what was rented, and put a price on all of it.
+"""``fleet-batch`` without Prefect: rent (or reuse) a fleet, run one batch over its instances
+as they get ready, release what was rented, and put a price on all of it.
 
 :class:`FleetBatch` is the one place the order is kept:
 
 1. **Rent** ``count`` instances (:func:`comfyfleet.fleet.rent.rent_fleet`, all or nothing,
    marked with the caller's ``rent_id``), or **reuse** the fleet's instances as they are.
-2. **Wait** for readiness (:func:`comfyfleet.fleet.ready.wait_ready`) up to the timeout:
-   with an event source, the instances' own ready events (plus a probe through the
-   gateway); without one, the probe alone. A rented instance whose warm-up failed event
-   arrives is **released the moment it is seen**; rented ones still not ready at the
-   timeout are released then: they would bill while taking no jobs. Reused ones are left
-   alone (they are not ours; the reaper judges them). None ready:
-   :class:`~comfyfleet.errors.FleetError`.
-3. **Run** the batch over the ready endpoints with the generate driver
-   (:func:`comfyfleet.generate.batch.generate_from_file`): one queue, work stealing, an
-   instance that dies has its jobs re-run elsewhere, each job once in ``results.parquet``
-   with ``endpoint = instance-<id>``.
+2. **Watch** readiness (:class:`comfyfleet.fleet.ready.ReadyWatch`) in a background thread
+   for up to the ready timeout: with an event source, the instances' own ready events (plus
+   a probe through the gateway); without one, the probe alone. A rented instance whose
+   warm-up failed event arrives is **released the moment it is seen**; rented ones still
+   not ready at the timeout are released then (the batch goes on): they would bill while
+   taking no jobs. Reused ones are left alone (they are not ours; the reaper judges them).
+   None ready by the timeout: :class:`~comfyfleet.errors.FleetError`.
+3. **Run** the batch from the moment the **first** instance is ready, with the generate
+   driver (:func:`comfyfleet.generate.batch.generate_from_file`): every instance that gets
+   ready later joins the running batch and steals work at once (no paid GPU idles until the
+   slowest is ready). One queue, work stealing, an instance that dies has its jobs re-run
+   elsewhere, each job once in ``results.parquet`` with ``endpoint = instance-<id>``. When
+   the batch ends first, the watch stops: the instances still warming up are not ready
+   "when the batch ended" and released with the rest.
 4. **Release**, in a ``finally``: every instance this run rented is destroyed whatever
    happened above, an error or a ``KeyboardInterrupt`` included. (A run killed outright
    never reaches its ``finally``: the flow's cancellation hook destroys the rent by its mark,
@@ -29,6 +32,8 @@ The report sums them per batch and divides by the outputs stored (and the jobs d
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,11 +42,19 @@ from typing import TYPE_CHECKING, Any
 from comfyfleet.errors import FleetError
 from comfyfleet.fleet.cost import cost_usd, format_duration, format_usd
 from comfyfleet.fleet.instance_events import EventSource
-from comfyfleet.fleet.ready import Readiness, endpoint_name, wait_ready
+from comfyfleet.fleet.ready import POLL_S, ReadyWatch, comfy_endpoint, endpoint_name
 from comfyfleet.fleet.release import ReleaseReport, release
 from comfyfleet.fleet.rent import RentRequest, rent_fleet
 from comfyfleet.fleet.vast import VastClient
-from comfyfleet.generate.batch import BatchEvent, BatchOptions, BatchReport, generate_from_file
+from comfyfleet.generate.batch import (
+    BatchEvent,
+    BatchOptions,
+    BatchReport,
+    EndpointQueue,
+    generate_from_file,
+)
+from comfyfleet.generate.endpoints import ComfyEndpoint
+from comfyfleet.generate.results import describe
 from comfyfleet.store.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -71,7 +84,7 @@ class InstanceUse:
     dph: float = 0.0
     billed_from: float = 0.0
     billed_to: float = 0.0
-    state: str = "pending"  # ran jobs | not ready: ... | pending
+    state: str = "pending"  # ran jobs | not ready: ... | pending (| ready, while it runs)
     jobs_ok: int = 0
     outputs: int = 0
     released: str = ""  # destroyed | already gone | FAILED: ... | kept (reused)
@@ -185,6 +198,7 @@ class FleetBatch:
         say: Callable[[str], None] | None = None,
         events: EventSource | None = None,
         clock: Callable[[], float] = time.time,
+        poll_s: float = POLL_S,
     ) -> None:
         self.client = client
         self.request = request
@@ -194,8 +208,10 @@ class FleetBatch:
         self.say = say or (lambda _line: None)
         self.events = events
         self.clock = clock
+        self.poll_s = poll_s  # how often the fleet is polled for instances getting ready
         self.rented: list[int] = []
         self.report = FleetBatchReport(fleet=request.fleet, started=clock())
+        self._watch_error: BaseException | None = None
 
     def run(self) -> FleetBatchReport:
         try:
@@ -218,37 +234,91 @@ class FleetBatch:
                     r.instance_id, True, r.offer.gpu_name, r.offer.dph_total, self.report.started
                 )
             ids = list(self.rented)
-        readiness = wait_ready(
+        watch = ReadyWatch(
             self.client,
             req.fleet,
             ids,
             timeout_s=req.ready_timeout_s,
             events=self.events,
             on_failed=self._failed,
+            poll_s=self.poll_s,
         )
-        self._note(readiness)
-        if not readiness.ready:
-            raise FleetError(
-                f"no instance of fleet {req.fleet} got ready within {req.ready_timeout_s:g} s "
-                f"({'; '.join(f'{i}: {w}' for i, w in sorted(readiness.not_ready.items()))})",
-                hint="see the instances' warm-up runs in the Prefect UI; raise "
-                "ready_timeout, or try other offers",
+        feed: EndpointQueue[ComfyEndpoint] = EndpointQueue()
+        # The caller's context goes along: a flow's settings (which API its event source
+        # reads) and run logger live in context variables a new thread would not see.
+        context = contextvars.copy_context()
+        watcher = threading.Thread(
+            target=context.run,
+            args=(self._watch, watch, feed),
+            name="comfyfleet-ready",
+            daemon=True,
+        )
+        watcher.start()
+        try:
+            if not feed.wait():
+                watcher.join()
+                if self._watch_error is not None:
+                    raise self._watch_error
+                not_ready = watch.readiness.not_ready
+                raise FleetError(
+                    f"no instance of fleet {req.fleet} got ready within "
+                    f"{req.ready_timeout_s:g} s "
+                    f"({'; '.join(f'{i}: {w}' for i, w in sorted(not_ready.items()))})",
+                    hint="see the instances' warm-up runs in the Prefect UI; raise "
+                    "ready_timeout, or try other offers",
+                )
+            first = feed.take_all()
+            seen = watch.readiness  # written by the watch's thread: counts only
+            waiting = len(seen.instances) - len(first) - len(seen.failed)
+            self.say(
+                f"running the batch on {len(first)} ready instance(s)"
+                + ("; the others join as they get ready" if waiting > 0 else "")
             )
-        self.say(f"running the batch on {len(readiness.ready)} instance(s)")
-        batch = generate_from_file(
-            req.jobs_file,
-            req.options,
-            endpoints=readiness.comfy_endpoints(),
-            store=self.store,
-            tokens=self.tokens,
-            on_event=self.on_event,
-        )
+            batch = generate_from_file(
+                req.jobs_file,
+                req.options,
+                endpoints=first,
+                joining=feed,
+                store=self.store,
+                tokens=self.tokens,
+                on_event=self.on_event,
+            )
+        finally:
+            # The batch is over (or failed): stop waiting for the rest, and settle every
+            # instance's state before anything is released in run()'s finally.
+            watch.stop("when the batch ended")
+            watcher.join()
         self.report.batch = batch
         for result in batch.results:
             use = self._use_of(result.endpoint)
             if use is not None and result.status == "ok":
                 use.jobs_ok += 1
                 use.outputs += len(result.outputs)
+
+    def _watch(self, watch: ReadyWatch, feed: EndpointQueue[ComfyEndpoint]) -> None:
+        """The readiness watch, in its own thread: each ready instance joins the batch; at
+        the end (all decided, the timeout, or the batch over) the states are recorded and
+        the rented ones not ready released; then the batch is told no more will join."""
+        try:
+            for endpoint in watch:
+                self._add_reused(watch)
+                use = self.report.instances.get(endpoint.instance_id)
+                if use is not None:
+                    use.state = "ready"
+                self.say(f"instance {endpoint.instance_id} is ready: it joins the batch")
+                feed.put(comfy_endpoint(endpoint))
+        except Exception as exc:  # noqa: BLE001 - raised by the run's thread if none is ready
+            # Once the batch runs, a failed poll (vast.ai down) only ends the joining: the
+            # batch goes on with the instances it has.
+            self._watch_error = exc
+            self.say(f"watching the fleet's readiness stopped: {describe(exc)}")
+        finally:
+            feed.close()
+            try:
+                self._note(watch)
+            except Exception as exc:  # noqa: BLE001 - same as above
+                self._watch_error = self._watch_error or exc
+                self.say(f"recording the fleet's readiness failed: {describe(exc)}")
 
     def _use_of(self, name: str) -> InstanceUse | None:
         for use in self.report.instances.values():
@@ -266,17 +336,22 @@ class FleetBatch:
             self.say(f"instance {instance_id} failed ({why}): releasing it now")
             self._record_release(release(self.client, [instance_id]), self.clock())
 
-    def _note(self, readiness: Readiness) -> None:
-        """Record every instance's state; release at once the rented ones not ready."""
-        now = self.clock()
-        for instance_id, instance in readiness.instances.items():
-            use = self.report.instances.get(instance_id)
-            if use is None:  # reused: charged from the batch's start
-                use = InstanceUse(
+    def _add_reused(self, watch: ReadyWatch) -> None:
+        """Instances seen that this run did not rent: charged from the batch's start."""
+        for instance_id, instance in list(watch.readiness.instances.items()):
+            if instance_id not in self.report.instances:
+                self.report.instances[instance_id] = InstanceUse(
                     instance_id, False, instance.gpu_name, instance.dph_total, self.report.started
                 )
-                self.report.instances[instance_id] = use
-            elif instance.start_date:
+
+    def _note(self, watch: ReadyWatch) -> None:
+        """Record every instance's state; release at once the rented ones not ready."""
+        now = self.clock()
+        readiness = watch.readiness
+        self._add_reused(watch)
+        for instance_id, instance in readiness.instances.items():
+            use = self.report.instances[instance_id]
+            if use.rented and instance.start_date:
                 use.billed_from = min(use.billed_from, instance.start_date)
             use.dph = instance.dph_total or use.dph
         for instance_id in readiness.ready:

@@ -17,6 +17,10 @@ warm-up leaves the gateway up and ComfyUI down).
 Either way an instance in ``exited``/``unknown``/``offline`` has failed for good (vast.ai
 never brings those back).
 
+:class:`ReadyWatch` yields each instance the moment it is ready, so ``fleet-batch`` starts
+the batch on the first and lets the others join as they come (:func:`wait_ready` is the same
+watch run to its end).
+
 The endpoints are :class:`~comfyfleet.generate.endpoints.ComfyEndpoint` objects named
 ``instance-<id>`` (the ``endpoint`` column of ``results.parquet``) with the token as a
 ``SecretStr``: they go straight to the batch driver, never to a command line, a flow
@@ -25,8 +29,9 @@ parameter, a log line or a result.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -110,6 +115,104 @@ def _check(
     return (found[0], "", False) if why is None else (None, why, False)
 
 
+class ReadyWatch:
+    """Poll a fleet until every instance of ``instance_ids`` (default: all of the fleet's) is
+    ready or failed for good, ``timeout_s`` passed, or :meth:`stop` was called; iterating
+    yields each instance's endpoint the moment it is ready.
+
+    With ``events`` (see :mod:`comfyfleet.fleet.instance_events`) an instance is ready once
+    its ``comfyfleet.instance.ready`` event arrived *and* the probe passes; one whose warm-up
+    finished event says it failed is failed at once, and ``on_failed(id, why)`` is called
+    then (the caller releases it without waiting for the others). Without ``events``, the
+    probe alone decides. An instance that is gone counts as failed. :attr:`readiness` holds
+    the outcome (complete once iteration ended); unready instances raise nothing: the caller
+    decides (release them, run on the rest). :meth:`stop` may be called from any thread: the
+    watch ends before its next probe, and the ones still pending are reported not ready with
+    the reason it was given."""
+
+    def __init__(
+        self,
+        client: VastClient,
+        fleet: str,
+        instance_ids: Iterable[int] | None = None,
+        *,
+        timeout_s: float,
+        events: EventSource | None = None,
+        on_failed: Callable[[int, str], None] | None = None,
+        port: int = GATEWAY_PORT,
+        poll_s: float = POLL_S,
+        prober: Callable[[Endpoint], str | None] = probe,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.label = fleet_label(fleet)
+        self.wanted = None if instance_ids is None else set(instance_ids)
+        self.timeout_s = timeout_s
+        self.events = events
+        self.on_failed = on_failed
+        self.port = port
+        self.poll_s = poll_s
+        self.prober = prober
+        self.clock = clock
+        self._stop = threading.Event()
+        self._stopped_why = ""
+        # Default: a sleep that stop() cuts short.
+        self.sleep = sleep or self._stop.wait
+        self.readiness = Readiness()
+
+    def stop(self, why: str = "when the watch was stopped") -> None:
+        """End the watch early (from any thread); ``why`` goes into each pending one's
+        reason ("not ready <why> (N s of the timeout): ...")."""
+        self._stopped_why = self._stopped_why or why
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        out = self.readiness
+        started = self.clock()
+        deadline = started + self.timeout_s
+        while not self._stop.is_set():
+            seen = {i.id: i for i in self.client.list_instances(label=self.label)}
+            targets = set(seen) if self.wanted is None else self.wanted
+            out.instances.update({i: seen[i] for i in targets if i in seen})
+            pending = sorted(targets - set(out.ready) - out.failed)
+            events = self.events
+            said = verdicts(events(pending)) if events is not None and pending else {}
+            for instance_id in pending:
+                if self._stop.is_set():
+                    break
+                instance = seen.get(instance_id)
+                if instance is None:
+                    endpoint, why, failed = None, "gone (destroyed or never created)", True
+                else:
+                    endpoint, why, failed = _check(
+                        instance, self.port, self.prober, said.get(instance_id), events is not None
+                    )
+                if endpoint is not None:
+                    out.ready[instance_id] = endpoint
+                    out.not_ready.pop(instance_id, None)
+                    yield endpoint
+                    continue
+                out.not_ready[instance_id] = why
+                if failed:
+                    out.failed.add(instance_id)
+                    if self.on_failed is not None:
+                        self.on_failed(instance_id, why)
+            if not (targets - set(out.ready) - out.failed) or self.clock() >= deadline:
+                break
+            self.sleep(min(self.poll_s, max(0.0, deadline - self.clock())))
+        timed_out = self.clock() >= deadline
+        for instance_id in set(out.not_ready) - out.failed:
+            why = out.not_ready[instance_id]
+            if timed_out:
+                out.not_ready[instance_id] = f"not ready after {self.timeout_s:g} s: {why}"
+            else:
+                waited = self.clock() - started
+                out.not_ready[instance_id] = (
+                    f"not ready {self._stopped_why} ({waited:.0f} s of {self.timeout_s:g}): {why}"
+                )
+
+
 def wait_ready(
     client: VastClient,
     fleet: str,
@@ -124,49 +227,24 @@ def wait_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Readiness:
-    """Poll the fleet until every instance of ``instance_ids`` (default: all of the fleet's)
-    is ready or failed for good, or ``timeout_s`` passed.
-
-    With ``events`` (see :mod:`comfyfleet.fleet.instance_events`) an instance is ready once
-    its ``comfyfleet.instance.ready`` event arrived *and* the probe passes; one whose warm-up
-    finished event says it failed is failed at once, and ``on_failed(id, why)`` is called
-    then (the caller releases it without waiting for the others). Without ``events``, the
-    probe alone decides. An instance that is gone counts as failed. Raises nothing for
-    unready instances: the caller decides (release them, run on the rest)."""
-    label = fleet_label(fleet)
-    wanted = None if instance_ids is None else set(instance_ids)
-    out = Readiness()
-    deadline = clock() + timeout_s
-    while True:
-        seen = {i.id: i for i in client.list_instances(label=label)}
-        targets = set(seen) if wanted is None else wanted
-        out.instances.update({i: seen[i] for i in targets if i in seen})
-        pending = sorted(targets - set(out.ready) - out.failed)
-        said = verdicts(events(pending)) if events is not None and pending else {}
-        for instance_id in pending:
-            instance = seen.get(instance_id)
-            if instance is None:
-                endpoint, why, failed = None, "gone (destroyed or never created)", True
-            else:
-                endpoint, why, failed = _check(
-                    instance, port, prober, said.get(instance_id), events is not None
-                )
-            if endpoint is not None:
-                out.ready[instance_id] = endpoint
-                out.not_ready.pop(instance_id, None)
-                continue
-            out.not_ready[instance_id] = why
-            if failed:
-                out.failed.add(instance_id)
-                if on_failed is not None:
-                    on_failed(instance_id, why)
-        if not (targets - set(out.ready) - out.failed) or clock() >= deadline:
-            break
-        sleep(min(poll_s, max(0.0, deadline - clock())))
-    for instance_id in set(out.not_ready) - out.failed:
-        why = out.not_ready[instance_id]
-        out.not_ready[instance_id] = f"not ready after {timeout_s:g} s: {why}"
-    return out
+    """Wait until every instance is ready or failed for good, or ``timeout_s`` passed
+    (:class:`ReadyWatch` run to its end) and return the outcome."""
+    watch = ReadyWatch(
+        client,
+        fleet,
+        instance_ids,
+        timeout_s=timeout_s,
+        events=events,
+        on_failed=on_failed,
+        port=port,
+        poll_s=poll_s,
+        prober=prober,
+        clock=clock,
+        sleep=sleep,
+    )
+    for _ in watch:
+        pass
+    return watch.readiness
 
 
 def ready_endpoints(

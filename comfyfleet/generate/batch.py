@@ -38,8 +38,18 @@ connection drops and timeouts (``TransientError``) resubmit the job up to ``retr
 with exponential backoff; validation and execution errors fail the job at once and the batch
 goes on.
 
+Endpoints may **join a running batch** (``joining=``, an :class:`EndpointQueue`): a fleet's
+instances become ready one by one, and each starts taking jobs the moment it joins instead of
+idling until the slowest is ready. A joining endpoint gets the same per-endpoint setup as the
+first ones (LoRA resolver, pre-submit check, video stage: the check runs on it before each of
+its jobs is submitted), then its feeders start and steal from the shared queue. While the
+queue is open the batch never ends as "every endpoint stopped answering": the jobs wait for
+the next endpoint. Once it is closed, the usual rule applies, and a batch no endpoint ever
+joined stops with every job "not run".
+
 Threads: ``queue_depth`` feeders per endpoint prepare, submit and wait; ``post_workers``
-threads fetch, store, run video stages and record; the caller's thread waits for the end.
+threads fetch, store, run video stages and record; one thread takes joining endpoints; the
+caller's thread waits for the end.
 ``on_event`` is called from all of them, serialised.
 """
 
@@ -55,7 +65,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from comfyfleet.comfy.workflows import LoraSpec, apply_loras, build_workflow
 from comfyfleet.errors import (
@@ -102,6 +112,7 @@ __all__ = [
     "BatchOptions",
     "BatchReport",
     "ComfyBatchAPI",
+    "EndpointQueue",
     "JobResult",
     "VideoSettings",
     "check_batch_id",
@@ -111,7 +122,7 @@ __all__ = [
     "run_batch",
 ]
 
-EventKind = Literal["start", "submitted", "retry", "finished"]
+EventKind = Literal["start", "submitted", "retry", "finished", "joined"]
 _BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # VRAM a local video stage needs when the catalog does not say (GiB, fp8/fp16 weights).
@@ -171,7 +182,8 @@ DEFAULT_OPTIONS = BatchOptions()
 @dataclass(frozen=True)
 class BatchEvent:
     """Progress of a batch: ``done`` of ``total`` jobs are final (skipped ones included);
-    ``endpoint`` names the ComfyUI of a ``submitted``/``retry`` event."""
+    ``endpoint`` names the ComfyUI of a ``submitted``/``retry``/``joined`` event (``joined``:
+    an endpoint joined the running batch, or was refused, as ``message`` says)."""
 
     kind: EventKind
     job_id: str
@@ -202,6 +214,63 @@ def default_batch_id(jobs_file: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- the engine
+
+
+T = TypeVar("T")
+
+
+class EndpointQueue(Generic[T]):
+    """Endpoints joining a running batch: a thread-safe queue its producer ``close``s once no
+    more will come (a fleet: when every instance is ready, failed or past its ready timeout).
+
+    The producer ``put``s each endpoint as it becomes ready; the batch takes them with
+    :meth:`get`. Until the queue is closed the batch keeps its jobs for endpoints still to
+    come, even when every endpoint it has stopped answering.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._items: deque[T] = deque()
+        self._closed = False
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; False (and dropped) once the queue is closed."""
+        with self._cv:
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._cv.notify_all()
+            return True
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    @property
+    def exhausted(self) -> bool:
+        """Closed and empty: nothing will ever come out of it again."""
+        with self._cv:
+            return self._closed and not self._items
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The next endpoint, or None when none came within ``timeout`` or it is exhausted."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._items or self._closed, timeout)
+            return self._items.popleft() if self._items else None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until an endpoint is queued (True) or the queue is exhausted (False)."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._items or self._closed, timeout)
+            return bool(self._items)
+
+    def take_all(self) -> list[T]:
+        """Every endpoint queued now, without waiting."""
+        with self._cv:
+            items = list(self._items)
+            self._items.clear()
+            return items
 
 
 @dataclass
@@ -260,12 +329,15 @@ class _Engine:
     the next job, submitting it to its ComfyUI and following it to the end, so each queue
     stays full and a faster endpoint simply takes more jobs (work stealing, no fixed split).
     Finished prompts go to ``post_workers`` threads that store, run video stages and record.
+    Endpoints from ``joining`` are set up with ``make`` and added while the batch runs.
     """
 
     def __init__(
         self,
         *,
         endpoints: Sequence[_Endpoint],
+        joining: EndpointQueue[BatchEndpoint] | None = None,
+        make: Callable[[BatchEndpoint], _Endpoint] | None = None,
         store: ObjectStore,
         batch_id: str,
         options: BatchOptions,
@@ -274,7 +346,14 @@ class _Engine:
         total: int,
         done: int,
     ) -> None:
-        self.endpoints = list(endpoints)
+        self.endpoints: list[_Endpoint] = []  # grows as endpoints join (under _cv)
+        self._initial = list(endpoints)
+        self._joining = joining
+        self._make = make
+        # More endpoints may come: the batch must not end for want of one meanwhile.
+        self._open = joining is not None
+        self._finished = False
+        self._feeders: list[threading.Thread] = []
         self.store = store
         self.batch_id = batch_id
         self.depth = options.queue_depth
@@ -286,7 +365,7 @@ class _Engine:
         self.probe_interval = min(max(options.retry_backoff_s, 0.05), 2.0)
         # A job handed on because its endpoint went down does not spend its retries, but
         # a flapping endpoint must not bounce it forever.
-        self.max_moves = max(3, 2 * len(self.endpoints))
+        self.max_moves = max(3, 2 * len(self._initial))
         self.ledger = ledger
         self.on_event = on_event
         self.total = total
@@ -322,23 +401,113 @@ class _Engine:
             self._ready.extend(entries)
             self._outstanding = len(entries)
         self._post = ThreadPoolExecutor(self.post_workers, thread_name_prefix="comfyfleet-post")
-        feeders = [
-            threading.Thread(
-                target=self._feed, args=(ep,), name=f"comfyfleet-feed-{n}-{slot}", daemon=True
-            )
-            for n, ep in enumerate(self.endpoints)
-            for slot in range(self.depth)
-        ]
+        joiner = None
         try:
-            for thread in feeders:
-                thread.start()
+            for ep in self._initial:
+                self.add_endpoint(ep, joined=False)
+            if self._joining is not None:
+                joiner = threading.Thread(
+                    target=self._take_joining, name="comfyfleet-join", daemon=True
+                )
+                joiner.start()
+            else:
+                self._source_closed()  # nothing will join: the usual end condition
             self._drain_when_stopped()
         finally:
+            with self._cv:
+                self._finished = True
+                self._cv.notify_all()
+            if joiner is not None:
+                joiner.join()
+            with self._cv:
+                feeders = list(self._feeders)
             for thread in feeders:
                 thread.join()
             self._post.shutdown(wait=True)
             for ep in self.endpoints:
                 ep.video.close()
+
+    def add_endpoint(self, ep: _Endpoint, *, joined: bool = True) -> bool:
+        """Start ``ep``'s feeders: from now on it takes jobs from the shared queue. False
+        when the batch is over or an endpoint of that name is in it already."""
+        with self._cv:
+            refused = ""
+            if self._finished or self.stopped:
+                refused = "the batch is over"
+            elif any(e.name == ep.name for e in self.endpoints):
+                refused = "an endpoint of that name is in the batch already"
+            else:
+                self.endpoints.append(ep)
+                # Moves are bounded per endpoint count (see __init__): a job bounced off
+                # the first endpoints must still reach one that joins later.
+                self.max_moves = max(self.max_moves, 2 * len(self.endpoints))
+                n = len(self.endpoints) - 1
+                threads = [
+                    threading.Thread(
+                        target=self._feed,
+                        args=(ep,),
+                        name=f"comfyfleet-feed-{n}-{slot}",
+                        daemon=True,
+                    )
+                    for slot in range(self.depth)
+                ]
+                self._feeders.extend(threads)
+                for thread in threads:
+                    thread.start()
+                self._cv.notify_all()
+        if refused:
+            ep.video.close()
+            self.emit("joined", "", message=f"refused: {refused}", endpoint=ep.name)
+            return False
+        if joined:
+            self.emit("joined", "", message="joined the running batch", endpoint=ep.name)
+        return True
+
+    def _take_joining(self) -> None:
+        """Add each endpoint of ``joining`` as it comes, until it is exhausted or the batch
+        is over; then no more can come."""
+        assert self._joining is not None and self._make is not None
+        try:
+            while True:
+                with self._cv:
+                    if self._finished or self.stopped:
+                        return
+                spec = self._joining.get(timeout=0.1)
+                if spec is None:
+                    if self._joining.exhausted:
+                        return
+                    continue
+                try:
+                    ep = self._make(spec)
+                except Exception as exc:  # noqa: BLE001 - one bad joiner must not end the batch
+                    name = spec.name or spec.client.base_url
+                    self.emit("joined", "", message=f"refused: {describe(exc)}", endpoint=name)
+                    continue
+                self.add_endpoint(ep)
+        finally:
+            self._source_closed()
+
+    def _source_closed(self) -> None:
+        with self._cv:
+            self._open = False
+            if not self.stopped and all(e.dropped for e in self.endpoints):
+                self.stopped = self._all_gone()
+            self._cv.notify_all()
+
+    def _all_gone(self) -> str:
+        """Why the batch stops when no endpoint is left and none can join."""
+        if not self.endpoints:
+            return "no ComfyUI joined the batch; rerun the same batch id to resume"
+        if len(self.endpoints) == 1:
+            ep = self.endpoints[0]
+            return (
+                f"ComfyUI at {ep.client.base_url} stopped answering ({ep.dropped}); "
+                "rerun the same batch id to resume"
+            )
+        return (
+            f"every ComfyUI stopped answering ({len(self.endpoints)} endpoints); "
+            "rerun the same batch id to resume"
+        )
 
     def _drain_when_stopped(self) -> None:
         """Wait for the end; once every endpoint is gone, fail the jobs left as 'not run'."""
@@ -377,7 +546,7 @@ class _Engine:
         while ``ep`` is down one of them probes it and the others wait."""
         with self._cv:
             while True:
-                if self._outstanding == 0 or self.stopped or ep.dropped:
+                if self._outstanding == 0 or self.stopped or ep.dropped or self._finished:
                     return None
                 now = time.monotonic()
                 self._promote_due(now)
@@ -430,17 +599,9 @@ class _Engine:
         if ep.dropped:
             return
         ep.dropped = why
-        if all(e.dropped for e in self.endpoints) and not self.stopped:
-            if len(self.endpoints) == 1:
-                self.stopped = (
-                    f"ComfyUI at {ep.client.base_url} stopped answering ({why}); "
-                    "rerun the same batch id to resume"
-                )
-            else:
-                self.stopped = (
-                    f"every ComfyUI stopped answering ({len(self.endpoints)} endpoints); "
-                    "rerun the same batch id to resume"
-                )
+        # While endpoints may still join, the jobs wait for them instead.
+        if all(e.dropped for e in self.endpoints) and not self._open and not self.stopped:
+            self.stopped = self._all_gone()
         self._cv.notify_all()
 
     def _requeue(self, entry: _Entry, delay: float = 0.0) -> None:
@@ -699,6 +860,7 @@ def _endpoint_specs(
     client: ComfyBatchAPI | None,
     endpoints: Sequence[BatchEndpoint] | None,
     loras: LoraResolver | None,
+    joining: bool = False,
 ) -> list[BatchEndpoint]:
     if (client is None) == (endpoints is None):
         raise ConfigError(
@@ -706,7 +868,7 @@ def _endpoint_specs(
             hint="pass exactly one of them",
         )
     specs = [BatchEndpoint(client, loras=loras)] if client is not None else list(endpoints or ())
-    if not specs:
+    if not specs and not joining:
         raise ConfigError("no ComfyUI endpoint to run the batch on", hint="pass at least one")
     names = [s.name or s.client.base_url for s in specs]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -730,9 +892,14 @@ def run_batch(
     fal: FalClient | None = None,
     catalog_vram: Mapping[str, float] | None = None,
     catalog_files: Mapping[str, str] | None = None,
+    joining: EndpointQueue[BatchEndpoint] | None = None,
 ) -> BatchReport:
     """Run ``jobs`` on one ComfyUI (``client``, with ``loras`` its LoRA resolver) or over
     many (``endpoints``) and return the report (see the module docstring).
+
+    ``joining``: endpoints that join while the batch runs (``endpoints`` may then be empty:
+    the jobs wait for the first). Until it is closed the batch does not end for want of an
+    endpoint; the caller closes it (or the batch ends with every job done).
 
     ``catalog_vram`` maps model file names to the VRAM (GiB) they need, for the local video
     decision (``{m.file: m.min_vram_gb for m in catalog.models.values()}``);
@@ -740,7 +907,7 @@ def run_batch(
     missing model names what to mirror (:func:`comfyfleet.generate.preflight.catalog_files`).
     """
     check_batch_id(batch_id)
-    specs = _endpoint_specs(client, endpoints, loras)
+    specs = _endpoint_specs(client, endpoints, loras, joining=joining is not None)
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -751,8 +918,11 @@ def run_batch(
         threading.Thread(target=_import_parquet, daemon=True, name="comfyfleet-import").start()
     ledger = ResultsLedger(store, batch_id)
     skipped, todo = _resume_plan(jobs, ledger, store)
-    running: list[_Endpoint] = []
-    for spec in specs:
+
+    def make(spec: BatchEndpoint) -> _Endpoint:
+        """What every endpoint gets, a joining one too: its pre-submit check (the model
+        listings and node checks of preflight.py, run before each of its jobs), its video
+        stage and its LoRA resolver."""
         checker = WorkflowChecker(spec.client, catalog_files=catalog_files)
         video = VideoStage(
             client=spec.client,
@@ -766,9 +936,12 @@ def run_batch(
             fal=fal,
         )
         spec = replace(spec, loras=spec.loras or LoraResolver(spec.client, store=store))
-        running.append(_Endpoint(spec, video, checker))
+        return _Endpoint(spec, video, checker)
+
     engine = _Engine(
-        endpoints=running,
+        endpoints=[make(spec) for spec in specs],
+        joining=joining,
+        make=make,
         store=store,
         batch_id=batch_id,
         options=options,
@@ -791,7 +964,7 @@ def run_batch(
         results_key=ledger.key,
         summary_key=f"outputs/{batch_id}/{SUMMARY_FILE}",
         stopped=engine.stopped,
-        endpoints={ep.name: ep.dropped for ep in running},
+        endpoints={ep.name: ep.dropped for ep in engine.endpoints},
     )
     try:
         store.put_bytes(
@@ -811,9 +984,14 @@ def generate_from_file(
     store: ObjectStore,
     tokens: Tokens | None = None,
     on_event: Callable[[BatchEvent], None] | None = None,
+    joining: EndpointQueue[ComfyEndpoint] | None = None,
 ) -> BatchReport:
     """The batch driver the CLI, the flows and the fleet call: read a jobs file, connect to
     every ComfyUI of ``endpoints`` (or the one ``comfy_url``) and run the batch over them.
+
+    ``joining``: ComfyUIs that join while the batch runs (a fleet's instances as they get
+    ready): each is connected and must answer within ``options.ready_timeout_s`` before it
+    joins (else it is reported ``not ready`` and left out). The producer closes it.
 
     ``options.batch_id`` defaults to ``<jobs file stem>-<8 hex of its sha256>``, so running
     the same file again resumes it. ``options.catalog_paths`` (default: the built-in
@@ -826,6 +1004,8 @@ def generate_from_file(
     from comfyfleet.comfy.client import ComfyClient
     from comfyfleet.generate.jobs import read_jobs
 
+    if endpoints is None and joining is not None and not comfy_url:
+        endpoints = []
     if endpoints is None:
         if not comfy_url:
             raise ConfigError("no ComfyUI endpoint given", hint="pass --comfy-url URL")
@@ -840,48 +1020,84 @@ def generate_from_file(
             f"--comfy-root {root} is not a directory",
             hint="pass the ComfyUI folder (the one holding models/)",
         )
+
+    def connect(e: ComfyEndpoint) -> ComfyClient:
+        return ComfyClient(
+            e.url, token=e.token, reconnect_timeout=min(30.0, options.endpoint_timeout_s)
+        )
+
+    def batch_endpoint(label: str, client: ComfyClient) -> BatchEndpoint:
+        resolver = LoraResolver(
+            client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
+        )
+        return BatchEndpoint(client, name=label, loras=resolver)
+
     with contextlib.ExitStack() as stack:
-        clients = {
-            e.label: stack.enter_context(
-                ComfyClient(
-                    e.url, token=e.token, reconnect_timeout=min(30.0, options.endpoint_timeout_s)
-                )
-            )
-            for e in endpoints
-        }
-        unready = _wait_all_ready(clients, options.ready_timeout_s)
+        clients = {e.label: stack.enter_context(connect(e)) for e in endpoints}
+        unready = _wait_all_ready(clients, options.ready_timeout_s, joining is not None)
         specs = [
-            BatchEndpoint(
-                client,
-                name=label,
-                loras=LoraResolver(
-                    client, store=store, comfy_root=root, catalog=catalog, tokens=tokens
-                ),
-            )
+            batch_endpoint(label, client)
             for label, client in clients.items()
             if label not in unready
         ]
+        inner: EndpointQueue[BatchEndpoint] | None = None
+        connector = None
+        over = threading.Event()
+        if joining is not None:
+            inner = EndpointQueue()
+
+            def connect_joining() -> None:
+                # Connects each joining ComfyUI off the batch's threads; the clients close
+                # with the stack, after this thread has been joined.
+                assert joining is not None and inner is not None
+                try:
+                    while not over.is_set():
+                        e = joining.get(timeout=0.1)
+                        if e is None:
+                            if joining.exhausted:
+                                return
+                            continue
+                        client = stack.enter_context(connect(e))
+                        try:
+                            client.wait_ready(timeout=options.ready_timeout_s)
+                        except ComfyfleetError as exc:
+                            unready[e.label] = exc
+                            continue
+                        inner.put(batch_endpoint(e.label, client))
+                finally:
+                    inner.close()
+
+            connector = threading.Thread(
+                target=connect_joining, name="comfyfleet-connect", daemon=True
+            )
+            connector.start()
         vram = {m.file: m.min_vram_gb for m in catalog.models.values() if m.min_vram_gb}
-        report = run_batch(
-            jobs,
-            endpoints=specs,
-            store=store,
-            batch_id=batch,
-            options=options,
-            on_event=on_event,
-            catalog_vram=vram,
-            catalog_files=catalog_file_ids(catalog.models.values()),
-        )
+        try:
+            report = run_batch(
+                jobs,
+                endpoints=specs,
+                store=store,
+                batch_id=batch,
+                options=options,
+                on_event=on_event,
+                catalog_vram=vram,
+                catalog_files=catalog_file_ids(catalog.models.values()),
+                joining=inner,
+            )
+        finally:
+            over.set()
+            if connector is not None:
+                connector.join()
     for label, error in unready.items():
         report.endpoints[label] = f"not ready: {describe(error)}"
     return report
 
 
 def _wait_all_ready(
-    clients: Mapping[str, ComfyClient], timeout: float
+    clients: Mapping[str, ComfyClient], timeout: float, more_may_join: bool = False
 ) -> dict[str, ComfyfleetError]:
     """Wait for every ComfyUI at once; the ones that did not answer, with their error.
-    Raises the first error when none answered."""
+    Raises the first error when none answered (and none may join later)."""
     failed: dict[str, ComfyfleetError] = {}
 
     def ready(label: str) -> None:
@@ -892,6 +1108,6 @@ def _wait_all_ready(
 
     with ThreadPoolExecutor(max(1, len(clients)), thread_name_prefix="comfyfleet-ready") as pool:
         list(pool.map(ready, list(clients)))
-    if len(failed) == len(clients):
+    if clients and len(failed) == len(clients) and not more_may_join:
         raise next(iter(failed[label] for label in clients))
     return failed

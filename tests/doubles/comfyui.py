@@ -449,6 +449,15 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake.refused.append((method, path))
             self.close_connection = path == "/ws"
+            if method in ("POST", "PUT"):
+                # Left unread, a refused body would be parsed as the next request on this
+                # kept-alive connection (a stray 501 for the client's next call).
+                length = int(self.headers.get("Content-Length") or 0)
+                chunked = bool(self.headers.get("Transfer-Encoding"))
+                if chunked or length > fake.max_upload_size:
+                    self.close_connection = True
+                elif length:
+                    self.rfile.read(length)
             self._send(_json(GATEWAY_401, 401))
             return
         if fake.gateway_token is not None and path == "/healthz":

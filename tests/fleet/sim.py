@@ -11,8 +11,9 @@ With ``emit`` set, each instance also reports as the fleet on-start script does 
 names, resource and payload keys): ``comfyfleet.warmup.finished`` (``exit_code`` 1 for a
 ``broken`` one), then ``comfyfleet.instance.ready`` with its endpoint, except the ones
 numbered in ``silent``, whose ready event never comes although their gateway and ComfyUI
-answer. :func:`prefect_emitter` sends them to the Prefect test server; :class:`EventLog`
-keeps them in memory as an event source for the core alone.
+answer, and the ones numbered in ``late`` (nth -> seconds), whose ready event comes that long
+after their creation (a slower warm-up). :func:`prefect_emitter` sends them to the Prefect
+test server; :class:`EventLog` keeps them in memory as an event source for the core alone.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class SimFleet:
     execution_time: float = 0.05
     broken: set[int] = field(default_factory=set)  # 1-based creation order
     silent: set[int] = field(default_factory=set)  # no ready event (1-based creation order)
+    late: dict[int, float] = field(default_factory=dict)  # nth -> seconds until its ready event
     emit: Emit | None = None
     boxes: dict[int, Box] = field(default_factory=dict)
     created: list[int] = field(default_factory=list)
@@ -182,7 +184,13 @@ class SimFleet:
             "profile": "auto",
             "warmup_s": "0.1",
         }
-        self.emit(INSTANCE_READY, res, payload)
+        delay = self.late.get(nth)
+        if delay is None:
+            self.emit(INSTANCE_READY, res, payload)
+            return
+        timer = threading.Timer(delay, self.emit, args=(INSTANCE_READY, res, payload))
+        timer.daemon = True
+        timer.start()
 
     def _destroy(self, record: InstanceRecord) -> None:
         self.destroyed.append(record.id)

@@ -1,12 +1,15 @@
 """``FleetBatch`` on 127.0.0.1: the vast.ai test server's instances are ComfyUI test servers
-behind real gateways (tests/fleet/sim.py). Rent, wait, run, release: a failed warm-up is
-released and takes no job, a batch that raises or is interrupted still destroys everything
-rented, a reused fleet is left running, and the cost is $/h x billed time."""
+behind real gateways (tests/fleet/sim.py). Rent, run from the first ready instance while the
+others join as they get ready, release: a failed warm-up is released and takes no job, one
+never ready is released at the timeout while the batch goes on, a batch that raises or is
+interrupted still destroys everything rented, a reused fleet is left running, and the cost is
+$/h x billed time."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,14 +78,15 @@ def test_failed_warmup_is_released_and_never_gets_a_job(
         report = FleetBatch(client, request, store=local_store).run()
     first, broken, third = sim.created
     assert report.batch is not None and report.batch.ok
-    assert report.instances[broken].state.startswith("not ready: not ready after 1.5 s")
+    # Given up at the timeout, or when the batch ended first (it does not wait for it).
+    assert report.instances[broken].state.startswith("not ready: not ready ")
     assert "502" in report.instances[broken].state
     assert {r.endpoint for r in report.batch.results} <= {
         endpoint_name(first),
         endpoint_name(third),
     }
     assert report.instances[broken].jobs_ok == 0
-    assert sim.destroyed[0] == broken  # released before the batch ran
+    assert sim.destroyed[0] == broken  # released before the others
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
     assert report.jobs_ok == 12 and report.outputs >= 12
     assert report.cost_usd > 0 and report.cost_per_output_usd == report.cost_usd / report.outputs
@@ -229,10 +233,11 @@ def test_a_failed_warmup_event_fails_and_releases_it_at_once(
     assert {r.endpoint for r in report.batch.results} == {endpoint_name(first)}
     assert sim.accepted(broken) == sim.accepted(silent) == 0
     assert report.instances[broken].state == "not ready: warm-up failed: ComfyUI did not start"
-    assert report.instances[silent].state.startswith("not ready: not ready after 3 s")
-    # Released the moment its event was read, not at the end of the 3 s wait.
+    # The 6 jobs are done long before the 3 s timeout: the run does not wait it out.
+    assert report.instances[silent].state.startswith("not ready: not ready when the batch ended")
+    # Released the moment its event was read, not when the watch ended.
     assert sim.destroyed[0] == broken and sim.destroyed_at[broken] - started < 2.0
-    assert sim.destroyed[1] == silent and sim.destroyed_at[silent] - started >= 3.0
+    assert sim.destroyed[1] == silent and sim.destroyed_at[silent] - started < 3.0
     assert any(f"instance {broken} failed" in line for _, line in lines)
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
     assert report.released.destroyed.count(broken) == 1
@@ -257,3 +262,106 @@ def test_events_are_matched_by_the_vast_id_in_resource_or_payload() -> None:
     assert verdicts([failed, ready, passed, InstanceEvent(7, "ready", 8.0)])[7].kind == "ready"
     assert verdicts([InstanceEvent(7, "ready", 1.0), failed])[7].failed
     assert 7 not in verdicts([passed])
+
+
+# ------------------------------------------------- instances join the running batch
+
+
+def _ran(rows: list[dict[str, object]]) -> Counter[str]:
+    return Counter(str(r["endpoint"]) for r in rows)
+
+
+def test_a_late_instance_joins_the_running_batch(
+    sim: SimFleet, tmp_path: Path, local_store: ObjectStore
+) -> None:
+    """The batch starts on the first ready instance; the second, ready 1 s later, joins it
+    and takes jobs; every job runs once."""
+    log = EventLog()
+    sim.emit, sim.late, sim.execution_time = log.emit, {2: 1.0}, 0.1
+    lines: list[tuple[float, str]] = []
+    request = FleetBatchRequest(
+        "night", jobs_file(tmp_path, 30), OPTIONS, rent_request(2), ready_timeout_s=10.0
+    )
+    with VastClient() as client:
+        report = FleetBatch(
+            client,
+            request,
+            store=local_store,
+            events=log,
+            say=lambda line: lines.append((time.monotonic(), line)),
+            poll_s=0.1,
+        ).run()
+    first, late = sim.created
+    assert report.batch is not None and report.batch.ok, report.batch
+    rows = read_results(local_store, "fb")
+    assert Counter(r["id"] for r in rows) == {f"j{k:03d}": 1 for k in range(30)}
+    ran = _ran(rows)
+    assert set(ran) == {endpoint_name(first), endpoint_name(late)}, ran
+    assert sim.accepted(first) + sim.accepted(late) == 30  # no prompt ran twice
+    # It started on the first alone, and the late one joined while jobs were still left.
+    (start,) = [t for t, line in lines if line.startswith("running the batch on 1 ready")]
+    (joined,) = [t for t, line in lines if line == f"instance {late} is ready: it joins the batch"]
+    assert joined - start >= 0.5 and ran[endpoint_name(late)] >= 3, ran
+    assert report.batch.endpoints == {endpoint_name(first): "", endpoint_name(late): ""}
+    assert report.instances[late].state == report.instances[first].state == "ran jobs"
+    assert report.instances[late].jobs_ok == ran[endpoint_name(late)]
+    assert report.jobs_ok == 30 and report.cost_usd > 0
+    assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
+
+
+def test_an_instance_never_ready_is_released_at_the_timeout_while_the_batch_goes_on(
+    sim: SimFleet, tmp_path: Path, local_store: ObjectStore
+) -> None:
+    log = EventLog()
+    sim.emit, sim.silent, sim.execution_time = log.emit, {2}, 0.1
+    request = FleetBatchRequest(
+        "night", jobs_file(tmp_path, 30), OPTIONS, rent_request(2), ready_timeout_s=1.0
+    )
+    started = time.monotonic()
+    with VastClient() as client:
+        report = FleetBatch(client, request, store=local_store, events=log, poll_s=0.1).run()
+    ended = time.monotonic()
+    first, silent = sim.created
+    assert report.batch is not None and report.batch.ok
+    rows = read_results(local_store, "fb")
+    assert Counter(r["id"] for r in rows) == {f"j{k:03d}": 1 for k in range(30)}
+    assert _ran(rows) == {endpoint_name(first): 30} and sim.accepted(silent) == 0
+    assert report.instances[silent].state.startswith("not ready: not ready after 1 s: status")
+    # Released at its timeout, seconds before the batch (30 x 0.1 s on one ComfyUI) ended.
+    assert sim.destroyed[0] == silent
+    assert 1.0 <= sim.destroyed_at[silent] - started < ended - started - 0.5
+    assert sim.destroyed_at[first] >= ended - 1.0  # released at the end, with the batch
+    assert report.instances[silent].seconds < report.instances[first].seconds
+    assert sorted(sim.destroyed) == sorted(sim.created)
+
+
+def test_vast_failing_during_the_batch_ends_the_joining_not_the_batch(
+    sim: SimFleet, tmp_path: Path, local_store: ObjectStore
+) -> None:
+    """Once the batch runs, a watch that cannot list the fleet any more (vast.ai refusing
+    the key) stops adding instances; the batch finishes on the ones it has and everything
+    rented is still released."""
+    log = EventLog()
+    sim.emit, sim.late, sim.execution_time = log.emit, {2: 1.0}, 0.1
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("running the batch"):
+            sim.vast.fail(401, times=1000, method="GET", path="/instances")
+
+    request = FleetBatchRequest(
+        "night", jobs_file(tmp_path, 20), OPTIONS, rent_request(2), ready_timeout_s=10.0
+    )
+    with VastClient() as client:
+        report = FleetBatch(
+            client, request, store=local_store, events=log, say=say, poll_s=0.1
+        ).run()
+    first, late = sim.created
+    assert report.batch is not None and report.batch.ok
+    rows = read_results(local_store, "fb")
+    assert _ran(rows) == {endpoint_name(first): 20} and sim.accepted(late) == 0
+    assert any(line.startswith("watching the fleet's readiness stopped: ") for line in lines)
+    assert report.instances[late].state.startswith("not ready: ")
+    sim.vast.clear_faults()
+    assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances

@@ -117,7 +117,7 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
     assert set(ran) <= {endpoint_name(i) for i in sim.created[:3]}, ran
     assert 0 < ran[endpoint_name(first)] < JOBS  # it worked, then died; the rest took over
     assert sim.accepted(broken) == 0 and endpoint_name(broken) not in ran
-    # Everything rented is destroyed; the broken one before the batch ran.
+    # Everything rented is destroyed; the broken one first, as soon as its event was read.
     assert sim.destroyed[0] == broken
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
     assert sorted(summary["released"]) == sorted(sim.created) and summary["not_released"] == []
@@ -178,7 +178,8 @@ def test_only_instances_whose_ready_event_arrived_get_jobs(
 ) -> None:
     """Events in the real Prefect server decide: the second instance's warm-up failed event
     releases it at once, the third's gateway answers but its ready event never comes, so it
-    gets no job and is released at the timeout."""
+    gets no job and is released when the batch ends (before the 12 s timeout: the run does
+    not wait it out)."""
     from flows.fleet import fleet_batch
 
     sim.emit, sim.broken, sim.silent = prefect_emitter(), {2}, {3}
@@ -193,10 +194,11 @@ def test_only_instances_whose_ready_event_arrived_get_jobs(
     assert sim.accepted(broken) == sim.accepted(silent) == 0
     assert sim.destroyed[:2] == [broken, silent]
     assert sim.destroyed_at[broken] - started < 10.0  # not after the 12 s timeout
-    assert sim.destroyed_at[silent] - started >= 12.0
+    assert sim.destroyed_at[silent] - started < 12.0
     states = state.result()["instances"]
     assert states[str(broken)] == "not ready: warm-up failed: ComfyUI did not start"
-    assert states[str(silent)].startswith("not ready: not ready after 12 s: status running, no ")
+    assert states[str(silent)].startswith("not ready: not ready when the batch ended (")
+    assert states[str(silent)].endswith(": status running, no comfyfleet.instance.ready event yet")
 
 
 @pytest.mark.flow

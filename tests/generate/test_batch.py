@@ -184,9 +184,10 @@ def test_validation_and_execution_errors_fail_one_job_only(
         {"id": "bad", "workflow": "sdxl_txt2img", "prompt": "x", "checkpoint": "missing.ckpt"},
         *({"id": f"ok{n}", "workflow": "sdxl_txt2img", "prompt": f"p{n}"} for n in range(4)),
     ])  # fmt: skip
-    report = run_batch(
-        jobs, client=client, store=local_store, batch_id="errs", options=BatchOptions(retries=3)
-    )
+    # One feeder: the first prompt ComfyUI runs (the one the double fails) is boom's. With two,
+    # ok0 (taken right after bad fails its check) may reach ComfyUI first under load.
+    options = BatchOptions(retries=3, queue_depth=1)
+    report = run_batch(jobs, client=client, store=local_store, batch_id="errs", options=options)
     by_id = {r.id: r for r in report.results}
     bad = by_id["bad"]
     assert bad.status == "failed" and bad.attempt == 1
