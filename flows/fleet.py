@@ -63,6 +63,7 @@ from comfyfleet.fleet.rent import DEFAULT_DISK_GB, DEFAULT_IMAGE, RentRequest, d
 from comfyfleet.fleet.vast import VastClient
 from comfyfleet.generate.batch import DEFAULT_OPTIONS, BatchEvent, BatchOptions
 from comfyfleet.render.assets import OnstartSettings
+from comfyfleet.store.base import ObjectStore
 from flows._common import artifact_key, load_tokens, open_flow_store, transient_only
 
 TASK_RETRIES = 2
@@ -245,7 +246,11 @@ def fleet_reaper(
 
 
 def _rent_request(
-    params: dict[str, Any], rent_id: str, store_uri: str, store_env: dict[str, str]
+    params: dict[str, Any],
+    rent_id: str,
+    store_uri: str,
+    store_env: dict[str, str],
+    store: ObjectStore,
 ) -> RentRequest:
     request = RentRequest(
         fleet=params["fleet"],
@@ -266,9 +271,10 @@ def _rent_request(
     )
     if urlsplit(store_uri).scheme == "s3" and params["mode"] == "script":
         from comfyfleet.fleet.wheel import cached_wheel, publish_wheel
-        from comfyfleet.store import open_store
 
-        wheel = publish_wheel(open_store(store_uri), cached_wheel())
+        # The task's store: opened from the block when there is one, so its credentials
+        # (not the worker's environment) sign the upload and the URL.
+        wheel = publish_wheel(store, cached_wheel())
         # With the wheel in the store the instances run the fleet script (wheel checked by
         # sha256, ComfyUI behind the gateway, the warm-up reported to this Prefect server).
         request = replace(request, wheel=wheel, onstart=None)
@@ -301,7 +307,7 @@ def fleet_batch_task(params: dict[str, Any], rent_id: str) -> dict[str, Any]:
     rent = None
     if not params["reuse"]:
         uri, store_env = _store_for_instances(params["store"], params["store_block"])
-        rent = _rent_request(params, rent_id, uri, store_env)
+        rent = _rent_request(params, rent_id, uri, store_env, store)
     request = FleetBatchRequest(
         fleet=params["fleet"],
         jobs_file=params["jobs_file"],

@@ -104,11 +104,9 @@ def bucket(
     mirror(store, ["base", "vae"])
     # The instances report to this server (fleet-batch hands them PREFECT_API_URL).
     monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
-    # The worker's AWS_* too: fleet-batch publishes the wheel through open_store(<the
-    # block's URI>), which reads credentials from the environment, not from the block
-    # (flows/fleet.py _rent_request; without them: "no S3 credentials found").
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
+    # No AWS_* on the worker: the wheel is published with the block's own credentials.
+    for key in s3_server.env():
+        monkeypatch.delenv(key, raising=False)
     return Bucket(name, store, s3_server)
 
 
