@@ -2,10 +2,11 @@
 ``fleet-reaper`` (destroy fleet instances that cost money for nothing).
 
 ``fleet-batch`` runs :class:`comfyfleet.fleet.batch.FleetBatch` in one task: rent ``count``
-instances (or reuse the fleet), watch for their ``comfyfleet.instance.ready`` events in this
-Prefect server's event store (:class:`PrefectInstanceEvents`) with a timeout, each checked by a
-probe through its gateway (a failed warm-up event releases the instance at once; those that
-time out are released then, while the batch goes on; none ready fails the run), run the batch
+instances (or reuse the fleet), watch them with a timeout until their gateways answer with
+the token (the fleet script starts the gateway once the warm-up passed) while reading their
+warm-up events in this Prefect server's event store (:class:`PrefectInstanceEvents`): a failed
+warm-up event releases the instance at once; those that time out are released then, while
+the batch goes on; none ready fails the run. Run the batch
 through the generate driver from the first ready instance on, each later one joining it as it
 gets ready, and destroy what it rented in a ``finally``, also when the batch
 raises or the run is interrupted. A run that is cancelled or crashes outright (its process
@@ -422,10 +423,11 @@ def fleet_batch(
     """Rent ``count`` instances for ``fleet`` (``reuse``: take the fleet's instances as
     they are), run ``jobs_file`` from the moment the first is ready, each other one joining
     the batch as it gets ready (up to ``ready_timeout_s``; later ones are given up and
-    released), destroy what was rented. An instance is ready when its ``comfyfleet.instance.ready``
-    event is in this Prefect server and its gateway answers with the token; one whose
-    warm-up failed event arrives is released at once. ``ready_events=False``: the gateway
-    probe alone decides (instances whose on-start script reports no events). Key: a
+    released), destroy what was rented. An instance is ready when its gateway answers with
+    the token (the fleet script starts it once the warm-up passed, seconds before its
+    ``comfyfleet.instance.ready`` event can be read back); one whose warm-up failed event
+    arrives in this Prefect server is released at once. ``ready_events=False``: the events
+    are not read (a failed warm-up is then given up at the timeout). Key: a
     ``comfyfleet-vast`` block, else ``$VAST_API_KEY``."""
     params = dict(locals())
     rent_id = str(current_run.id or "")

@@ -15,9 +15,9 @@
   sha256, and the presigned URL + sha256 the on-start script installs it from.
 - :mod:`comfyfleet.fleet.instance_events`: what an instance's own events say (ready, warm-up
   failed), matched to vast.ai ids; the ``EventSource`` seam the flows fill from Prefect.
-- :mod:`comfyfleet.fleet.ready`: which instances can take jobs (their ready event, when there
-  is an event source, and ComfyUI answering through the gateway with the token) and their
-  endpoints (``generate --fleet``).
+- :mod:`comfyfleet.fleet.ready`: which instances can take jobs (ComfyUI answering through
+  the gateway with the token, which the fleet script starts once the warm-up passed; a
+  failed warm-up event fails one at once) and their endpoints (``generate --fleet``).
 - :mod:`comfyfleet.fleet.batch`: ``fleet-batch`` without Prefect: rent or reuse, wait,
   run one batch over the ready instances, release in a ``finally``, the cost per output.
 - :mod:`comfyfleet.fleet.gateway`: the token-checking reverse proxy that is the only public

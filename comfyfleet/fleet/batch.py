@@ -6,8 +6,8 @@ as they get ready, release what was rented, and put a price on all of it.
 1. **Rent** ``count`` instances (:func:`comfyfleet.fleet.rent.rent_fleet`, all or nothing,
    marked with the caller's ``rent_id``), or **reuse** the fleet's instances as they are.
 2. **Watch** readiness (:class:`comfyfleet.fleet.ready.ReadyWatch`) in a background thread
-   for up to the ready timeout: with an event source, the instances' own ready events (plus
-   a probe through the gateway); without one, the probe alone. A rented instance whose
+   for up to the ready timeout: a probe through each gateway (started once the warm-up
+   passed) and, with an event source, the instances' own events. A rented instance whose
    warm-up failed event arrives is **released the moment it is seen**; rented ones still
    not ready at the timeout are released then (the batch goes on): they would bill while
    taking no jobs. Reused ones are left alone (they are not ours; the reaper judges them).

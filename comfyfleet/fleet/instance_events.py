@@ -12,7 +12,8 @@ bare ``CONTAINER_ID``; :mod:`comfyfleet.warmup.events`):
 :func:`parse_event` turns one stored event into an :class:`InstanceEvent` (vast.ai id,
 kind, verdict); :func:`verdicts` keeps each instance's latest *decisive* event (a ready one
 or a failed warm-up: a passed ``finished`` only says the gateway is about to start), so an
-instance rebooted after a failure counts by what its last boot said.
+instance rebooted after a failure counts by what its last boot said. :func:`warmup_passed`
+is the one rule that turns a verdict and the gateway's answer into "warmed up".
 
 An :data:`EventSource` is how the core reads them without importing Prefect: a callable
 that returns the events seen so far for some instance ids. ``flows/fleet.py`` supplies one
@@ -107,3 +108,19 @@ def verdicts(events: Iterable[InstanceEvent]) -> dict[int, InstanceEvent]:
         if event.kind == "ready" or event.failed:
             out[event.instance_id] = event
     return out
+
+
+def warmup_passed(verdict: InstanceEvent | None, *, gateway_answers: bool) -> bool:
+    """Whether an instance's warm-up passed, from its latest decisive event and whether its
+    gateway answers with the fleet's token. The one rule the batch (who gets jobs) and the
+    reaper (who is past its warm-up) both read:
+
+    - a failed warm-up is the last word, whatever answers;
+    - a ready event says it passed;
+    - so does an answering gateway: the fleet script starts it only after the warm-up
+      passed, and its answer is there seconds before the event is (Prefect's event store
+      saves every few seconds), or at all when the instance could not reach the server.
+    """
+    if verdict is not None and verdict.failed:
+        return False
+    return gateway_answers or (verdict is not None and verdict.kind == "ready")

@@ -1,25 +1,24 @@
 """Which of a fleet's instances can take jobs, and their ComfyUI endpoints with the token.
 
-**With the instances' events** (an :data:`~comfyfleet.fleet.instance_events.EventSource`,
-which ``fleet-batch`` reads from Prefect's event store) an instance is **ready** when its
-``comfyfleet.instance.ready`` event arrived (its warm-up passed: the instance says so) *and*
-the probe below passes (reachable now, with the fleet's token: the network says so). One
-whose ``comfyfleet.warmup.finished`` event reports a failure is failed at once; one whose
-ready event never comes is never used, even if its gateway answers (a warm-up that hangs
-or never reported leaves ComfyUI up with models missing).
+An instance is **ready** when vast.ai says ``running`` with the gateway's port published, the
+gateway answers ``/healthz``, and ComfyUI answers ``/system_stats`` *through* the gateway with
+the fleet's token (``/healthz`` alone says nothing about the ComfyUI behind it). The fleet
+script starts its gateway only once the warm-up passed, so that answer is also the warm-up's
+word (:func:`~comfyfleet.fleet.instance_events.warmup_passed`, the rule the reaper reads too),
+and it comes seconds before the ``comfyfleet.instance.ready`` event can be read back.
 
-**Without events** (``generate --fleet`` from a shell with no Prefect server) the probe
-alone decides: vast.ai says ``running`` with the gateway's port published, the gateway
-answers ``/healthz``, and ComfyUI answers ``/system_stats`` *through* the gateway with the
-fleet's token (``/healthz`` alone says nothing about the ComfyUI behind it: a failed
-warm-up leaves the gateway up and ComfyUI down).
+**With the instances' events** (an :data:`~comfyfleet.fleet.instance_events.EventSource`,
+which ``fleet-batch`` reads from Prefect's event store) one whose
+``comfyfleet.warmup.finished`` event reports a failure is failed at once and never probed
+again, so the caller releases it without waiting out the timeout; without events
+(``generate --fleet`` from a shell with no Prefect server) it is only never ready.
 
 Either way an instance in ``exited``/``unknown``/``offline`` has failed for good (vast.ai
 never brings those back).
 
 :class:`ReadyWatch` yields each instance the moment it is ready, so ``fleet-batch`` starts
-the batch on the first and lets the others join as they come (:func:`wait_ready` is the same
-watch run to its end).
+the batch on the first and lets the others join as they come;
+:meth:`ReadyWatch.run_to_end` waits for all of them.
 
 The endpoints are :class:`~comfyfleet.generate.endpoints.ComfyEndpoint` objects named
 ``instance-<id>`` (the ``endpoint`` column of ``results.parquet``) with the token as a
@@ -39,7 +38,12 @@ from pydantic import SecretStr
 
 from comfyfleet.errors import FleetError
 from comfyfleet.fleet.access import GATEWAY_PORT, Endpoint, fleet_endpoints
-from comfyfleet.fleet.instance_events import EventSource, InstanceEvent, verdicts
+from comfyfleet.fleet.instance_events import (
+    EventSource,
+    InstanceEvent,
+    verdicts,
+    warmup_passed,
+)
 from comfyfleet.fleet.labels import fleet_label
 from comfyfleet.fleet.reaper import BAD_ENDINGS
 from comfyfleet.fleet.vast import Instance, VastClient
@@ -108,11 +112,13 @@ def _check(
     found = fleet_endpoints([instance], port)
     if status != "running" or not found:
         return None, f"status {status or 'provisioning'}", False
-    if by_events and verdict is None:
-        return None, f"status {status}, no {INSTANCE_READY} event yet", False
-    # The event says the warm-up passed; the probe says the gateway and ComfyUI answer now.
     why = prober(found[0])
-    return (found[0], "", False) if why is None else (None, why, False)
+    # Jobs need both: a passed warm-up (the rule the reaper reads too) and an answer now.
+    if why is None and warmup_passed(verdict, gateway_answers=True):
+        return found[0], "", False
+    if by_events and verdict is None:
+        why = f"{why}; no {INSTANCE_READY} event yet"
+    return None, why or "", False
 
 
 class ReadyWatch:
@@ -120,15 +126,14 @@ class ReadyWatch:
     ready or failed for good, ``timeout_s`` passed, or :meth:`stop` was called; iterating
     yields each instance's endpoint the moment it is ready.
 
-    With ``events`` (see :mod:`comfyfleet.fleet.instance_events`) an instance is ready once
-    its ``comfyfleet.instance.ready`` event arrived *and* the probe passes; one whose warm-up
-    finished event says it failed is failed at once, and ``on_failed(id, why)`` is called
-    then (the caller releases it without waiting for the others). Without ``events``, the
-    probe alone decides. An instance that is gone counts as failed. :attr:`readiness` holds
-    the outcome (complete once iteration ended); unready instances raise nothing: the caller
-    decides (release them, run on the rest). :meth:`stop` may be called from any thread: the
-    watch ends before its next probe, and the ones still pending are reported not ready with
-    the reason it was given."""
+    An instance is ready once the probe passes (see the module docstring). With ``events``
+    (:mod:`comfyfleet.fleet.instance_events`) one whose warm-up finished event says it failed
+    is failed at once, and ``on_failed(id, why)`` is called then (the caller releases it
+    without waiting for the others). An instance that is gone counts as failed.
+    :attr:`readiness` holds the outcome (complete once iteration ended); unready instances
+    raise nothing: the caller decides (release them, run on the rest). :meth:`stop` may be
+    called from any thread: the watch ends before its next probe, and the ones still pending
+    are reported not ready with the reason it was given."""
 
     def __init__(
         self,
@@ -166,6 +171,12 @@ class ReadyWatch:
         reason ("not ready <why> (N s of the timeout): ...")."""
         self._stopped_why = self._stopped_why or why
         self._stop.set()
+
+    def run_to_end(self) -> Readiness:
+        """Wait until every instance is ready or failed for good, or the timeout passed."""
+        for _ in self:
+            pass
+        return self.readiness
 
     def __iter__(self) -> Iterator[Endpoint]:
         out = self.readiness
@@ -213,40 +224,6 @@ class ReadyWatch:
                 )
 
 
-def wait_ready(
-    client: VastClient,
-    fleet: str,
-    instance_ids: Iterable[int] | None = None,
-    *,
-    timeout_s: float,
-    events: EventSource | None = None,
-    on_failed: Callable[[int, str], None] | None = None,
-    port: int = GATEWAY_PORT,
-    poll_s: float = POLL_S,
-    prober: Callable[[Endpoint], str | None] = probe,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Readiness:
-    """Wait until every instance is ready or failed for good, or ``timeout_s`` passed
-    (:class:`ReadyWatch` run to its end) and return the outcome."""
-    watch = ReadyWatch(
-        client,
-        fleet,
-        instance_ids,
-        timeout_s=timeout_s,
-        events=events,
-        on_failed=on_failed,
-        port=port,
-        poll_s=poll_s,
-        prober=prober,
-        clock=clock,
-        sleep=sleep,
-    )
-    for _ in watch:
-        pass
-    return watch.readiness
-
-
 def ready_endpoints(
     client: VastClient,
     fleet: str,
@@ -256,7 +233,7 @@ def ready_endpoints(
 ) -> list[ComfyEndpoint]:
     """The endpoints of ``fleet``'s ready instances (``generate --fleet``); FleetError when
     none is ready."""
-    readiness = wait_ready(client, fleet, timeout_s=timeout_s, events=events)
+    readiness = ReadyWatch(client, fleet, timeout_s=timeout_s, events=events).run_to_end()
     if not readiness.ready:
         detail = "; ".join(f"{i}: {why}" for i, why in sorted(readiness.not_ready.items()))
         raise FleetError(

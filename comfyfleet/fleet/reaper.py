@@ -31,8 +31,9 @@ cost so far, so a report can say what the destroy saves.
 never to an instance without a ``comfyfleet:`` label) and reports what it destroyed. Given
 an event source (:mod:`comfyfleet.fleet.instance_events`) it derives ``ready`` and
 ``warmup_failed`` from the instances' own events; given ``activity`` (the fleet's gateways),
-``last_active``, and a gateway that answers counts as a passed warm-up (the fleet script
-starts it only then) even while the ready event is still on its way or was lost.
+``last_active``, and a gateway that answers counts as a passed warm-up even while the ready
+event is still on its way or was lost (:func:`~comfyfleet.fleet.instance_events.warmup_passed`,
+the rule the batch reads too).
 The warm-up timeout applies only to instances whose on-start script
 reports its warm-up (the fleet script, recognised by the wheel it installs,
 ``COMFYFLEET_WHEEL_SHA256`` in their env): one started by any other script never sends a
@@ -50,7 +51,7 @@ import httpx
 from comfyfleet.errors import FleetError, VastUnavailable
 from comfyfleet.fleet.access import GATEWAY_PORT, fleet_endpoints
 from comfyfleet.fleet.cost import cost_usd, uptime_s
-from comfyfleet.fleet.instance_events import EventSource, verdicts
+from comfyfleet.fleet.instance_events import EventSource, verdicts, warmup_passed
 from comfyfleet.fleet.labels import fleet_label, fleet_of
 from comfyfleet.fleet.release import ReleaseReport, release
 from comfyfleet.fleet.vast import Instance, VastClient
@@ -232,22 +233,21 @@ def reap(
     label = fleet_label(fleet) if fleet else None
     instances = [i for i in client.list_instances(label=label) if fleet_of(i.label)]
     failed: dict[int, str] = {}
+    answered = activity(instances, now) if activity is not None else {}
+    last_active = {**answered, **(last_active or {})}
     if events is not None and instances:
         said = verdicts(events([i.id for i in instances]))
         failed = {i: e.detail for i, e in said.items() if e.failed}
         # Silence is only evidence from an instance whose script would have spoken.
         ready = set(ready or ()) | {
-            i.id for i in instances if not reports_warmup(i) or said.get(i.id, None) is not None
+            i.id
+            for i in instances
+            if not reports_warmup(i)
+            or warmup_passed(said.get(i.id), gateway_answers=i.id in answered)
         }
         ready -= set(failed)
-    if activity is not None:
-        answered = activity(instances, now)
-        last_active = {**answered, **(last_active or {})}
-        # The fleet script starts the gateway only once the warm-up passed: a gateway that
-        # answers is a passed warm-up even while its ready event is still on its way (the
-        # event store saves every few seconds).
-        if ready is not None:
-            ready |= set(answered) - set(failed)
+    elif ready is not None:
+        ready = set(ready) | (set(answered) - set(failed))
     decisions = instances_to_reap(
         instances, now, policy, last_active=last_active, ready=ready, warmup_failed=failed
     )

@@ -11,8 +11,10 @@ With ``emit`` set, each instance also reports as the fleet on-start script does 
 names, resource and payload keys): ``comfyfleet.warmup.finished`` (``exit_code`` 1 for a
 ``broken`` one), then ``comfyfleet.instance.ready`` with its endpoint, except the ones
 numbered in ``silent``, whose ready event never comes although their gateway and ComfyUI
-answer, and the ones numbered in ``late`` (nth -> seconds), whose ready event comes that long
-after their creation (a slower warm-up). :func:`prefect_emitter` sends them to the Prefect
+answer (lost on the way). As in the script, the gateway starts when the warm-up passed: for
+the ones numbered in ``late`` (nth -> seconds) that long after their creation, together with
+the ready event (a slower warm-up); for the ones numbered in ``hung`` never (a warm-up that
+never ends: no gateway, no event). :func:`prefect_emitter` sends them to the Prefect
 test server; :class:`EventLog` keeps them in memory as an event source for the core alone.
 """
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyfleet.fleet.access import GATEWAY_PORT, GATEWAY_TOKEN_ENV
-from comfyfleet.fleet.gateway import Gateway, bind, server
+from comfyfleet.fleet.gateway import Gateway, server
 from comfyfleet.fleet.instance_events import InstanceEvent, parse_event
 from comfyfleet.render.onstart_steps import resource
 from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
@@ -92,6 +94,7 @@ class GatewayThread:
         return port
 
     def start(self) -> None:
+        self._sock.listen(1024)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -100,7 +103,8 @@ class GatewayThread:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(10)
+        if self._thread.ident is not None:  # a hung warm-up never started it
+            self._thread.join(10)
         self._sock.close()
 
 
@@ -119,7 +123,8 @@ class SimFleet:
     execution_time: float = 0.05
     broken: set[int] = field(default_factory=set)  # 1-based creation order
     silent: set[int] = field(default_factory=set)  # no ready event (1-based creation order)
-    late: dict[int, float] = field(default_factory=dict)  # nth -> seconds until its ready event
+    late: dict[int, float] = field(default_factory=dict)  # nth -> seconds its warm-up takes
+    hung: set[int] = field(default_factory=set)  # warm-up never ends: no gateway, no event
     emit: Emit | None = None
     boxes: dict[int, Box] = field(default_factory=dict)
     created: list[int] = field(default_factory=list)
@@ -139,7 +144,11 @@ class SimFleet:
     def _port_for(self, instance_id: int, container_port: int) -> int:
         if container_port != GATEWAY_PORT:  # ssh (22) of a direct-runtype instance
             return 40000 + instance_id % 1000
-        sock = bind("127.0.0.1", 0)
+        # Bound (the port is published now) but listening only once the gateway starts,
+        # as on a real instance: until then a connection is refused, not left pending.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as gateway.bind does
+        sock.bind(("127.0.0.1", 0))
         self._sockets[instance_id] = sock
         port: int = sock.getsockname()[1]
         return port
@@ -156,10 +165,24 @@ class SimFleet:
             comfy.cache_enabled = False
             upstream = comfy.url
         gateway = GatewayThread(upstream, record.env[GATEWAY_TOKEN_ENV], self._sockets[record.id])
-        gateway.start()
         self.boxes[record.id] = Box(record, comfy, gateway)
-        if self.emit is not None:
-            self._report(record, nth, gateway)
+        if nth in self.hung:
+            return  # its port stays bound, not listening: connections are refused
+
+        def warmed_up() -> None:
+            if record.id in self.destroyed:
+                return  # released while it was still warming up
+            gateway.start()
+            if self.emit is not None:
+                self._report(record, nth, gateway)
+
+        delay = self.late.get(nth)
+        if delay is None:
+            warmed_up()
+            return
+        timer = threading.Timer(delay, warmed_up)
+        timer.daemon = True
+        timer.start()
 
     def _report(self, record: InstanceRecord, nth: int, gateway: GatewayThread) -> None:
         """The events the fleet on-start script sends (resource ``C.<id>``, the payloads'
@@ -184,13 +207,7 @@ class SimFleet:
             "profile": "auto",
             "warmup_s": "0.1",
         }
-        delay = self.late.get(nth)
-        if delay is None:
-            self.emit(INSTANCE_READY, res, payload)
-            return
-        timer = threading.Timer(delay, self.emit, args=(INSTANCE_READY, res, payload))
-        timer.daemon = True
-        timer.start()
+        self.emit(INSTANCE_READY, res, payload)
 
     def _destroy(self, record: InstanceRecord) -> None:
         self.destroyed.append(record.id)

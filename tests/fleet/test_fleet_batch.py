@@ -20,7 +20,7 @@ from comfyfleet.fleet.access import GATEWAY_TOKEN_ENV
 from comfyfleet.fleet.batch import FleetBatch, FleetBatchRequest
 from comfyfleet.fleet.instance_events import InstanceEvent, parse_event, verdicts
 from comfyfleet.fleet.offers import OfferQuery
-from comfyfleet.fleet.ready import endpoint_name, ready_endpoints, wait_ready
+from comfyfleet.fleet.ready import ReadyWatch, endpoint_name, ready_endpoints
 from comfyfleet.fleet.rent import RentRequest, rent_fleet
 from comfyfleet.fleet.vast import VastClient
 from comfyfleet.generate.batch import BatchOptions, read_results
@@ -182,20 +182,27 @@ def test_generate_cli_runs_on_a_fleet(
 # ------------------------------------------------- readiness from the instances' events
 
 
-def test_with_events_only_instances_that_said_ready_are_ready(sim: SimFleet) -> None:
+def test_an_answering_gateway_is_ready_before_or_without_its_event(sim: SimFleet) -> None:
+    # The fleet script starts the gateway only after the warm-up passed: its answer is the
+    # warm-up's word, seconds before the event store gives the event back (or when the
+    # instance could not reach the Prefect server at all).
     log = EventLog()
     sim.emit, sim.silent = log.emit, {2}  # the second's gateway and ComfyUI answer, no event
     with VastClient() as client:
         rent_fleet(client, rent_request(3))
         first, silent, third = sim.created
-        by_events = wait_ready(client, "night", timeout_s=1.0, events=log, poll_s=0.1)
-        by_probe = wait_ready(client, "night", timeout_s=1.0)
-    assert sorted(by_events.ready) == [first, third]
-    assert by_events.not_ready == {
-        silent: f"not ready after 1 s: status running, no {INSTANCE_READY} event yet"
-    }
-    assert silent not in by_events.failed and log.reads >= 2
-    assert sorted(by_probe.ready) == [first, silent, third]  # it does answer: events decide
+        by_events = ReadyWatch(client, "night", timeout_s=1.0, events=log, poll_s=0.1)
+        by_probe = ReadyWatch(client, "night", timeout_s=1.0)
+        assert sorted(by_events.run_to_end().ready) == [first, silent, third]
+        assert sorted(by_probe.run_to_end().ready) == [first, silent, third]
+        assert log.reads >= 1
+        # Silent and not answering: the reason names both.
+        sim.boxes[silent].gateway.stop()
+        again = ReadyWatch(client, "night", [silent], timeout_s=0.3, events=log, poll_s=0.1)
+        readiness = again.run_to_end()
+    assert not readiness.ready and silent not in readiness.failed
+    assert readiness.not_ready[silent].startswith("not ready after 0.3 s: gateway unreachable")
+    assert readiness.not_ready[silent].endswith(f"; no {INSTANCE_READY} event yet")
 
 
 def test_a_ready_event_still_needs_the_gateway_to_answer(sim: SimFleet) -> None:
@@ -205,7 +212,8 @@ def test_a_ready_event_still_needs_the_gateway_to_answer(sim: SimFleet) -> None:
         rent_fleet(client, rent_request(1))
         (only,) = sim.created
         sim.boxes[only].gateway.stop()  # warmed up, then unreachable
-        readiness = wait_ready(client, "night", timeout_s=0.5, events=log, poll_s=0.1)
+        watch = ReadyWatch(client, "night", timeout_s=0.5, events=log, poll_s=0.1)
+        readiness = watch.run_to_end()
     assert not readiness.ready
     assert readiness.not_ready[only].startswith("not ready after 0.5 s: gateway unreachable")
 
@@ -214,7 +222,7 @@ def test_a_failed_warmup_event_fails_and_releases_it_at_once(
     sim: SimFleet, tmp_path: Path, local_store: ObjectStore
 ) -> None:
     log = EventLog()
-    sim.emit, sim.broken, sim.silent = log.emit, {2}, {3}
+    sim.emit, sim.broken, sim.hung = log.emit, {2}, {3}
     lines: list[tuple[float, str]] = []
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 6), OPTIONS, rent_request(3), ready_timeout_s=3.0
@@ -228,16 +236,16 @@ def test_a_failed_warmup_event_fails_and_releases_it_at_once(
             events=log,
             say=lambda line: lines.append((time.monotonic(), line)),
         ).run()
-    first, broken, silent = sim.created
+    first, broken, hung = sim.created
     assert report.batch is not None and report.batch.ok
     assert {r.endpoint for r in report.batch.results} == {endpoint_name(first)}
-    assert sim.accepted(broken) == sim.accepted(silent) == 0
+    assert sim.accepted(broken) == sim.accepted(hung) == 0
     assert report.instances[broken].state == "not ready: warm-up failed: ComfyUI did not start"
     # The 6 jobs are done long before the 3 s timeout: the run does not wait it out.
-    assert report.instances[silent].state.startswith("not ready: not ready when the batch ended")
+    assert report.instances[hung].state.startswith("not ready: not ready when the batch ended")
     # Released the moment its event was read, not when the watch ended.
     assert sim.destroyed[0] == broken and sim.destroyed_at[broken] - started < 2.0
-    assert sim.destroyed[1] == silent and sim.destroyed_at[silent] - started < 3.0
+    assert sim.destroyed[1] == hung and sim.destroyed_at[hung] - started < 3.0
     assert any(f"instance {broken} failed" in line for _, line in lines)
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
     assert report.released.destroyed.count(broken) == 1
@@ -313,7 +321,7 @@ def test_an_instance_never_ready_is_released_at_the_timeout_while_the_batch_goes
     sim: SimFleet, tmp_path: Path, local_store: ObjectStore
 ) -> None:
     log = EventLog()
-    sim.emit, sim.silent, sim.execution_time = log.emit, {2}, 0.1
+    sim.emit, sim.hung, sim.execution_time = log.emit, {2}, 0.1
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 30), OPTIONS, rent_request(2), ready_timeout_s=1.0
     )
@@ -321,17 +329,19 @@ def test_an_instance_never_ready_is_released_at_the_timeout_while_the_batch_goes
     with VastClient() as client:
         report = FleetBatch(client, request, store=local_store, events=log, poll_s=0.1).run()
     ended = time.monotonic()
-    first, silent = sim.created
+    first, hung = sim.created
     assert report.batch is not None and report.batch.ok
     rows = read_results(local_store, "fb")
     assert Counter(r["id"] for r in rows) == {f"j{k:03d}": 1 for k in range(30)}
-    assert _ran(rows) == {endpoint_name(first): 30} and sim.accepted(silent) == 0
-    assert report.instances[silent].state.startswith("not ready: not ready after 1 s: status")
+    assert _ran(rows) == {endpoint_name(first): 30} and sim.accepted(hung) == 0
+    assert report.instances[hung].state.startswith(
+        "not ready: not ready after 1 s: gateway unreachable"
+    )
     # Released at its timeout, seconds before the batch (30 x 0.1 s on one ComfyUI) ended.
-    assert sim.destroyed[0] == silent
-    assert 1.0 <= sim.destroyed_at[silent] - started < ended - started - 0.5
+    assert sim.destroyed[0] == hung
+    assert 1.0 <= sim.destroyed_at[hung] - started < ended - started - 0.5
     assert sim.destroyed_at[first] >= ended - 1.0  # released at the end, with the batch
-    assert report.instances[silent].seconds < report.instances[first].seconds
+    assert report.instances[hung].seconds < report.instances[first].seconds
     assert sorted(sim.destroyed) == sorted(sim.created)
 
 
@@ -342,7 +352,7 @@ def test_vast_failing_during_the_batch_ends_the_joining_not_the_batch(
     the key) stops adding instances; the batch finishes on the ones it has and everything
     rented is still released."""
     log = EventLog()
-    sim.emit, sim.late, sim.execution_time = log.emit, {2: 1.0}, 0.1
+    sim.emit, sim.late, sim.execution_time = log.emit, {2: 3.0}, 0.1
     lines: list[str] = []
 
     def say(line: str) -> None:
@@ -361,7 +371,7 @@ def test_vast_failing_during_the_batch_ends_the_joining_not_the_batch(
     assert report.batch is not None and report.batch.ok
     rows = read_results(local_store, "fb")
     assert _ran(rows) == {endpoint_name(first): 20} and sim.accepted(late) == 0
-    assert any(line.startswith("watching the fleet's readiness stopped: ") for line in lines)
+    assert any(line.startswith("watching the fleet's readiness stopped: ") for line in lines), lines
     assert report.instances[late].state.startswith("not ready: ")
     sim.vast.clear_faults()
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances
