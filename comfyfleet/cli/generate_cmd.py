@@ -196,6 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
         elif event.kind == "retry":
             progress.update(task, status=f"{event.job_id} retry: {event.message[:60]}")
+        elif event.kind == "joined" and not args.json:
+            err.print(f"{event.endpoint}: {event.message}")
 
     with progress:
         report = generate_from_file(

@@ -323,14 +323,26 @@ class ComfyClient:
         stats = self._json("GET", "/system_stats")
         return dict(stats) if isinstance(stats, Mapping) else {}
 
-    def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> dict[str, Any]:
+    def wait_ready(
+        self,
+        timeout: float = 300.0,
+        interval: float = 1.0,
+        *,
+        stop: threading.Event | None = None,
+    ) -> dict[str, Any]:
         """Poll ``/system_stats`` until ComfyUI answers; returns the stats.
 
-        Raises :class:`ComfyTimeout` naming the last failure when it does not answer in time.
+        Raises :class:`ComfyTimeout` naming the last failure when it does not answer in time,
+        or once ``stop`` is set (checked between polls: whoever waits no longer needs it).
         """
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
+            if stop is not None and stop.is_set():
+                raise ComfyTimeout(
+                    f"stopped waiting for ComfyUI at {self.base_url} ({last})",
+                    hint="nothing to do: it was no longer needed",
+                )
             remaining = deadline - time.monotonic()
             try:
                 return self._system_stats_once(min(max(remaining, 0.1), 10.0))
@@ -343,7 +355,10 @@ class ComfyClient:
                     f"ComfyUI at {self.base_url} was not ready within {timeout:g} s ({last})",
                     hint="check that ComfyUI started (its log) and listens on this address",
                 )
-            time.sleep(interval)
+            if stop is None:
+                time.sleep(interval)
+            else:
+                stop.wait(interval)
 
     def _system_stats_once(self, timeout: float) -> dict[str, Any]:
         stats = self._json("GET", "/system_stats", timeout=timeout)

@@ -1059,7 +1059,8 @@ def generate_from_file(
                             continue
                         client = stack.enter_context(connect(e))
                         try:
-                            client.wait_ready(timeout=options.ready_timeout_s)
+                            # Given up once the batch is over: its end must not wait.
+                            client.wait_ready(timeout=options.ready_timeout_s, stop=over)
                         except ComfyfleetError as exc:
                             unready[e.label] = exc
                             continue

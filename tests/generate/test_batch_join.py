@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,33 @@ def test_generate_from_file_connects_joiners_and_leaves_out_a_silent_one(
     assert set(ran) == {"first", "late"} and ran["late"] >= 3, ran
     assert report.endpoints["first"] == report.endpoints["late"] == ""
     assert report.endpoints["silent"].startswith("not ready: ")
+
+
+def test_a_joiner_still_not_answering_does_not_hold_up_the_batch_end(
+    pair: tuple[FakeComfyUI, FakeComfyUI], local_store: ObjectStore, tmp_path: Path
+) -> None:
+    a, _ = pair
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        "\n".join(
+            json.dumps({"id": f"j{k:03d}", "workflow": "sdxl_txt2img", "prompt": "x", "seed": k})
+            for k in range(6)
+        )
+    )
+    joining: EndpointQueue[ComfyEndpoint] = EndpointQueue()
+    joining.put(ComfyEndpoint("http://127.0.0.1:9", name="dead"))  # refused, for 60 s
+
+    started = time.monotonic()
+    report = generate_from_file(
+        jobs,
+        BatchOptions(batch_id="gfd", ready_timeout_s=60.0, retry_backoff_s=0.05),
+        endpoints=[ComfyEndpoint(a.url, name="first")],
+        joining=joining,  # left open: more may come
+        store=local_store,
+    )
+    took = time.monotonic() - started
+    assert report.ok, report.markdown()
+    assert _once(local_store, "gfd", 6) == {"first": 6}
+    # The 6 jobs take ~0.3 s; the wait for the dead one ends with them, not at 60 s.
+    assert took < 10.0, took
+    assert report.endpoints["dead"].startswith("not ready: stopped waiting for ComfyUI at")
