@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from comfyfleet.fleet.instance_events import InstanceEvent, warmup_passed
 from comfyfleet.fleet.reaper import ReapPolicy, idle_seconds, instances_to_reap
 from comfyfleet.fleet.vast import Instance
 
@@ -99,3 +100,24 @@ def test_busy_threshold_comes_from_the_policy() -> None:
     assert idle_seconds(busy, NOW, busy_gpu_util=0.5) == pytest.approx(120 * MIN)
     strict = ReapPolicy(idle_s=30 * MIN, busy_gpu_util=0.5)
     assert [d.reason for d in instances_to_reap([busy], NOW, strict)] == ["idle"]
+
+
+READY = InstanceEvent(1, "ready", NOW, True, "http://h:1")
+FAILED = InstanceEvent(1, "warmup-finished", NOW, False, "ComfyUI did not start")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "answers", "passed"),
+    [
+        (None, False, False),  # still warming up, or hung: nothing says it passed
+        (None, True, True),  # the gateway starts only once the warm-up passed
+        (READY, False, True),  # passed, unreachable right now (the batch probes again)
+        (READY, True, True),
+        (FAILED, True, False),  # a failed warm-up is the last word, whatever answers
+        (FAILED, False, False),
+    ],
+)
+def test_one_rule_says_whether_a_warmup_passed(
+    verdict: InstanceEvent | None, answers: bool, passed: bool
+) -> None:
+    assert warmup_passed(verdict, gateway_answers=answers) is passed
