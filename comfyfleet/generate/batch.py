@@ -320,6 +320,7 @@ class _Entry:
     submitted: float = 0.0
     first_submit: float | None = None
     last_error: str = ""
+    dirty: bool = False  # its folder holds files of an earlier, interrupted run
 
 
 class _Engine:
@@ -786,9 +787,11 @@ class _Engine:
         job = entry.job
         try:
             prefix = job_prefix(self.batch_id, job.id)
-            # clean=True: what an abandoned attempt (an earlier run, an endpoint lost
-            # midway) left in the job's folder is removed before this attempt's files land.
-            keys = store_outputs(ep.client, self.store, prefix, result.outputs, clean=True)
+            # What an abandoned attempt (an earlier run, an endpoint lost midway, a failed
+            # store) left in the job's folder is removed before this attempt's files land;
+            # a first attempt in a clean folder skips the listing.
+            clean = entry.dirty or entry.attempt > 1
+            keys = store_outputs(ep.client, self.store, prefix, result.outputs, clean=clean)
             video = ep.video.run(job, result.outputs, keys) if job.video else None
             video_keys = video.keys if video else []
         except Exception as exc:  # noqa: BLE001
@@ -839,7 +842,16 @@ def _resume_plan(
     """(jobs done in an earlier run, as skipped rows; the entries still to run).
 
     Done means: recorded ``ok`` with the same fingerprint and every output still stored.
+    One listing of the batch's folder answers both that and which jobs to run have files
+    left by an interrupted earlier run (their folder is cleared before new outputs land),
+    instead of a request per output and a listing per job.
     """
+    prefix = f"outputs/{ledger.batch_id}/"
+    stored = {info.key for info in store.list(prefix)}
+    # outputs/<batch>/<job id>/<file>: the jobs with a folder
+    with_files = {
+        key[len(prefix) :].partition("/")[0] for key in stored if "/" in key[len(prefix) :]
+    }
     skipped: dict[str, JobResult] = {}
     todo: list[_Entry] = []
     for index, job in enumerate(jobs):
@@ -848,11 +860,11 @@ def _resume_plan(
             prev is not None
             and prev.status == "ok"
             and prev.fingerprint == job.fingerprint()
-            and all(store.exists(key) is not None for key in prev.outputs)
+            and all(key in stored for key in prev.outputs)
         ):
             skipped[job.id] = replace(prev, status="skipped")
         else:
-            todo.append(_Entry(job, index))
+            todo.append(_Entry(job, index, dirty=job.id in with_files))
     return skipped, todo
 
 

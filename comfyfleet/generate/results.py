@@ -232,6 +232,7 @@ class ResultsLedger:
 
     def __init__(self, store: ObjectStore, batch_id: str) -> None:
         self.store = store
+        self.batch_id = batch_id
         self.key = f"outputs/{batch_id}/{RESULTS_FILE}"
         self._lock = threading.Lock()
         self._writing = threading.Lock()

@@ -297,6 +297,32 @@ def test_changed_job_or_lost_output_is_rerun(
     assert len(fake.accepted) == 4
 
 
+def test_files_an_interrupted_run_left_are_cleared_and_only_there(
+    fake: FakeComfyUI, client: ComfyClient, store: ObjectStore, make_jobs: JobsFactory
+) -> None:
+    # A run killed between storing a job's image and recording its row leaves the image
+    # and no row: the rerun clears that folder before its own file lands (one file per
+    # job), and lists no other job's folder (a listing per job was one request per output).
+    rows = [{"id": j, "workflow": "sdxl_txt2img", "prompt": j} for j in ("a", "b", "c")]
+    store.put_bytes("outputs/left/b/old_00001_.png", b"stale")
+    listed: list[str] = []
+    real_list = store.list
+
+    def counting_list(prefix: str = "") -> Any:
+        listed.append(prefix)
+        return real_list(prefix)
+
+    store.list = counting_list  # type: ignore[method-assign]
+    report = run_batch(make_jobs(rows), client=client, store=store, batch_id="left")
+    del store.list
+    assert report.counts["ok"] == 3, report.markdown()
+    for result in report.results:
+        assert stored(store, f"outputs/left/{result.id}/") == result.outputs
+    assert "outputs/left/b/old_00001_.png" not in stored(store, "outputs/left/")
+    assert "outputs/left/b/" in listed
+    assert "outputs/left/a/" not in listed and "outputs/left/c/" not in listed
+
+
 def test_transient_submit_failure_is_retried(
     fake: FakeComfyUI, local_store: ObjectStore, make_jobs: JobsFactory
 ) -> None:
