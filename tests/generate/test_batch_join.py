@@ -47,6 +47,14 @@ def _jobs(make_jobs: JobsFactory, n: int) -> list[Job]:
     return make_jobs(rows)
 
 
+def _jobs_file(tmp_path: Path, n: int) -> Path:
+    jobs = tmp_path / "jobs.jsonl"
+    rows = [{"id": f"j{k:03d}", "workflow": "sdxl_txt2img", "prompt": "x", "seed": k}
+            for k in range(n)]  # fmt: skip
+    jobs.write_text("\n".join(json.dumps(row) for row in rows))
+    return jobs
+
+
 def _once(store: ObjectStore, batch: str, n: int) -> Counter[str]:
     """Each job exactly once in results.parquet, ok; the jobs each endpoint ran."""
     rows = read_results(store, batch)
@@ -146,13 +154,7 @@ def test_generate_from_file_connects_joiners_and_leaves_out_a_silent_one(
     pair: tuple[FakeComfyUI, FakeComfyUI], local_store: ObjectStore, tmp_path: Path
 ) -> None:
     a, b = pair
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(
-        "\n".join(
-            json.dumps({"id": f"j{k:03d}", "workflow": "sdxl_txt2img", "prompt": "x", "seed": k})
-            for k in range(30)
-        )
-    )
+    jobs = _jobs_file(tmp_path, 30)
     joining: EndpointQueue[ComfyEndpoint] = EndpointQueue()
     finished: list[str] = []
 
@@ -183,13 +185,7 @@ def test_a_joiner_still_not_answering_does_not_hold_up_the_batch_end(
     pair: tuple[FakeComfyUI, FakeComfyUI], local_store: ObjectStore, tmp_path: Path
 ) -> None:
     a, _ = pair
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(
-        "\n".join(
-            json.dumps({"id": f"j{k:03d}", "workflow": "sdxl_txt2img", "prompt": "x", "seed": k})
-            for k in range(6)
-        )
-    )
+    jobs = _jobs_file(tmp_path, 6)
     joining: EndpointQueue[ComfyEndpoint] = EndpointQueue()
     joining.put(ComfyEndpoint("http://127.0.0.1:9", name="dead"))  # refused, for 60 s
 
