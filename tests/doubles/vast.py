@@ -36,8 +36,9 @@ Wire behaviour reproduced (section numbers of ``shared/reference/vast-api.md``):
   ``X-RateLimit-Reset``); ``min_interval_s`` enforces a per-endpoint minimum interval (§6.3)
   with vast's plain-text 429 and no ``Retry-After``.
 
-Instances are records here. The seam for running them as real processes is
-``on_create(record)`` / ``on_destroy(record)``, called outside the lock;
+Instances are records here. The seam for running them (as threads or real processes) is
+:meth:`FakeVast.run_instances`: ``on_create(record)`` / ``on_destroy(record)``, called
+outside the lock;
 :meth:`InstanceRecord.container_env` gives the in-container contract of §7/§8.15
 (``CONTAINER_ID``, ``VAST_CONTAINERLABEL``, ``CONTAINER_API_KEY``, ``PUBLIC_IPADDR``,
 ``VAST_TCP_PORT_<n>``) plus the user's ``env``; ``port_for(instance_id, container_port)``
@@ -278,6 +279,24 @@ class FakeVast:
             self._faults.append(
                 _Fault(status, times, method, path, retry_after, text, body, headers or {})
             )
+
+    def run_instances(
+        self,
+        *,
+        port_for: Callable[[int, int], int],
+        on_create: Callable[[InstanceRecord], None],
+        on_destroy: Callable[[InstanceRecord], None],
+    ) -> None:
+        """Back every instance created from now on with something that runs (see the module
+        docstring's seams): the image is there, so an instance is ``running`` at once (the
+        clock of §4.5 at zero); ``port_for`` picks each public port, ``on_create`` starts
+        the instance, ``on_destroy`` stops it."""
+        with self._lock:
+            self.provision_s = 0.0
+            self.load_s = 0.0
+            self.port_for = port_for
+            self.on_create = on_create
+            self.on_destroy = on_destroy
 
     def backdate(self, instance_id: int, seconds: float) -> None:
         """Make an instance ``seconds`` older (its rent earlier), e.g. to exceed a max age."""

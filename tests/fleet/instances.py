@@ -213,12 +213,9 @@ class ProcessFleet:
         self._lock = threading.Lock()
         self._fleet_mark = uuid.uuid4().hex[:12]
         self._public_ports: dict[tuple[int, int], int] = {}
-        # The image is there: the container starts at once (the clock of §4.5 at zero).
-        self.vast.provision_s = 0.0
-        self.vast.load_s = 0.0
-        self.vast.port_for = self._port_for
-        self.vast.on_create = self._create
-        self.vast.on_destroy = self._destroy
+        self.vast.run_instances(
+            port_for=self._port_for, on_create=self._create, on_destroy=self._destroy
+        )
 
     # ------------------------------------------------------------ the seams
 

@@ -25,9 +25,11 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from comfyfleet.fleet.access import GATEWAY_PORT, GATEWAY_TOKEN_ENV
 from comfyfleet.fleet.gateway import Gateway, server
@@ -35,15 +37,25 @@ from comfyfleet.fleet.instance_events import InstanceEvent, parse_event
 from comfyfleet.render.onstart_steps import resource
 from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
 from tests.doubles.comfyui import FakeComfyUI
-from tests.doubles.vast import FakeVast, InstanceRecord
+from tests.doubles.vast import TEST_KEY, FakeVast, InstanceRecord
 
-# Each SimFleet numbers its instances from a fresh block, as vast.ai never reuses an id: the
-# session's one Prefect server keeps every test's events, and a later test's instance must
-# not find an earlier one's ready event under its own id.
+# Each test's vast.ai double numbers its instances from a fresh block, as vast.ai never
+# reuses an id: the session's one Prefect server keeps every test's events, and a later
+# test's instance must not find an earlier one's ready event under its own id.
 _ID_BLOCKS = itertools.count(31840215, 1000)
 
 # (event name, resource, payload): what `prefect event emit` sends from an instance.
 Emit = Callable[[str, dict[str, str], dict[str, Any]], None]
+
+
+def vast_of_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    """For a test module's ``vast`` fixture (``yield from vast_of_its_own(monkeypatch)``):
+    the vast.ai test server as ``VAST_URL`` + ``VAST_API_KEY``, its instance ids a block no
+    other test of the session uses."""
+    with FakeVast(first_instance_id=next(_ID_BLOCKS)) as fake:
+        monkeypatch.setenv("VAST_URL", fake.url)
+        monkeypatch.setenv("VAST_API_KEY", TEST_KEY)
+        yield fake
 
 
 def prefect_emitter() -> Emit:
@@ -134,12 +146,9 @@ class SimFleet:
     def __post_init__(self) -> None:
         self._sockets: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
-        self.vast._instance_ids = itertools.count(next(_ID_BLOCKS))
-        self.vast.provision_s = 0.0
-        self.vast.load_s = 0.0
-        self.vast.port_for = self._port_for
-        self.vast.on_create = self._create
-        self.vast.on_destroy = self._destroy
+        self.vast.run_instances(
+            port_for=self._port_for, on_create=self._create, on_destroy=self._destroy
+        )
 
     def _port_for(self, instance_id: int, container_port: int) -> int:
         if container_port != GATEWAY_PORT:  # ssh (22) of a direct-runtype instance

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from comfyfleet.errors import ConfigError, FleetError
 from comfyfleet.fleet.access import GATEWAY_TOKEN_ENV
-from comfyfleet.fleet.batch import FleetBatch, FleetBatchRequest
+from comfyfleet.fleet.batch import FleetBatch, FleetBatchReport, FleetBatchRequest
 from comfyfleet.fleet.instance_events import InstanceEvent, parse_event, verdicts
 from comfyfleet.fleet.offers import OfferQuery
 from comfyfleet.fleet.ready import ReadyWatch, endpoint_name, ready_endpoints
@@ -28,9 +29,12 @@ from comfyfleet.render.assets import OnstartSettings
 from comfyfleet.store.base import ObjectStore
 from comfyfleet.warmup.events import INSTANCE_READY, WARMUP_FINISHED
 from tests.doubles.vast import FakeVast
-from tests.fleet.sim import EventLog, SimFleet
+from tests.fleet.sim import EventLog, SimFleet, vast_of_its_own
 
 OPTIONS = BatchOptions(batch_id="fb", endpoint_timeout_s=1.0, retry_backoff_s=0.05)
+
+
+Lines = list[tuple[float, str]]
 
 
 def rent_request(count: int, fleet: str = "night") -> RentRequest:
@@ -41,6 +45,33 @@ def rent_request(count: int, fleet: str = "night") -> RentRequest:
         query=OfferQuery(min_vram_gb=24, disk_gb=60),
         onstart=OnstartSettings(mode="baked"),
     )
+
+
+def run_fleet(
+    request: FleetBatchRequest,
+    store: ObjectStore,
+    events: EventLog | None = None,
+    then: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> tuple[FleetBatchReport, Lines]:
+    """One ``FleetBatch`` on the vast.ai test server (``events`` its event source, ``kw``
+    the rest of its knobs): its report and every line it said, timestamped
+    (``time.monotonic()``); ``then`` sees each line after it was kept (it may raise)."""
+    lines: Lines = []
+
+    def say(line: str) -> None:
+        lines.append((time.monotonic(), line))
+        if then is not None:
+            then(line)
+
+    with VastClient() as client:
+        report = FleetBatch(client, request, store=store, events=events, say=say, **kw).run()
+    return report, lines
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    yield from vast_of_its_own(monkeypatch)
 
 
 @pytest.fixture
@@ -74,8 +105,7 @@ def test_failed_warmup_is_released_and_never_gets_a_job(
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 12), OPTIONS, rent_request(3), ready_timeout_s=1.5
     )
-    with VastClient() as client:
-        report = FleetBatch(client, request, store=local_store).run()
+    report, _ = run_fleet(request, local_store)
     first, broken, third = sim.created
     assert report.batch is not None and report.batch.ok
     # Given up at the timeout, or when the batch ended first (it does not wait for it).
@@ -116,8 +146,8 @@ def test_an_interrupt_still_destroys_everything_rented(
             raise KeyboardInterrupt  # Ctrl-C between readiness and the batch
 
     request = FleetBatchRequest("night", jobs_file(tmp_path, 4), OPTIONS, rent_request(2))
-    with VastClient() as client, pytest.raises(KeyboardInterrupt):
-        FleetBatch(client, request, store=local_store, say=interrupt).run()
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet(request, local_store, then=interrupt)
     assert len(sim.created) == 2 and sorted(sim.destroyed) == sorted(sim.created)
 
 
@@ -128,8 +158,8 @@ def test_no_ready_instance_fails_and_releases(
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 4), OPTIONS, rent_request(2), ready_timeout_s=1.0
     )
-    with VastClient() as client, pytest.raises(FleetError, match="no instance of fleet night"):
-        FleetBatch(client, request, store=local_store).run()
+    with pytest.raises(FleetError, match="no instance of fleet night"):
+        run_fleet(request, local_store)
     assert sorted(sim.destroyed) == sorted(sim.created) and len(sim.created) == 2
 
 
@@ -223,19 +253,11 @@ def test_a_failed_warmup_event_fails_and_releases_it_at_once(
 ) -> None:
     log = EventLog()
     sim.emit, sim.broken, sim.hung = log.emit, {2}, {3}
-    lines: list[tuple[float, str]] = []
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 6), OPTIONS, rent_request(3), ready_timeout_s=3.0
     )
     started = time.monotonic()
-    with VastClient() as client:
-        report = FleetBatch(
-            client,
-            request,
-            store=local_store,
-            events=log,
-            say=lambda line: lines.append((time.monotonic(), line)),
-        ).run()
+    report, lines = run_fleet(request, local_store, log)
     first, broken, hung = sim.created
     assert report.batch is not None and report.batch.ok
     assert {r.endpoint for r in report.batch.results} == {endpoint_name(first)}
@@ -286,19 +308,10 @@ def test_a_late_instance_joins_the_running_batch(
     and takes jobs; every job runs once."""
     log = EventLog()
     sim.emit, sim.late, sim.execution_time = log.emit, {2: 1.0}, 0.1
-    lines: list[tuple[float, str]] = []
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 30), OPTIONS, rent_request(2), ready_timeout_s=10.0
     )
-    with VastClient() as client:
-        report = FleetBatch(
-            client,
-            request,
-            store=local_store,
-            events=log,
-            say=lambda line: lines.append((time.monotonic(), line)),
-            poll_s=0.1,
-        ).run()
+    report, lines = run_fleet(request, local_store, log, poll_s=0.1)
     first, late = sim.created
     assert report.batch is not None and report.batch.ok, report.batch
     rows = read_results(local_store, "fb")
@@ -326,8 +339,7 @@ def test_an_instance_never_ready_is_released_at_the_timeout_while_the_batch_goes
         "night", jobs_file(tmp_path, 30), OPTIONS, rent_request(2), ready_timeout_s=1.0
     )
     started = time.monotonic()
-    with VastClient() as client:
-        report = FleetBatch(client, request, store=local_store, events=log, poll_s=0.1).run()
+    report, _ = run_fleet(request, local_store, log, poll_s=0.1)
     ended = time.monotonic()
     first, hung = sim.created
     assert report.batch is not None and report.batch.ok
@@ -353,25 +365,21 @@ def test_vast_failing_during_the_batch_ends_the_joining_not_the_batch(
     rented is still released."""
     log = EventLog()
     sim.emit, sim.late, sim.execution_time = log.emit, {2: 3.0}, 0.1
-    lines: list[str] = []
 
-    def say(line: str) -> None:
-        lines.append(line)
+    def refuse_the_key(line: str) -> None:
         if line.startswith("running the batch"):
             sim.vast.fail(401, times=1000, method="GET", path="/instances")
 
     request = FleetBatchRequest(
         "night", jobs_file(tmp_path, 20), OPTIONS, rent_request(2), ready_timeout_s=10.0
     )
-    with VastClient() as client:
-        report = FleetBatch(
-            client, request, store=local_store, events=log, say=say, poll_s=0.1
-        ).run()
+    report, lines = run_fleet(request, local_store, log, then=refuse_the_key, poll_s=0.1)
     first, late = sim.created
     assert report.batch is not None and report.batch.ok
     rows = read_results(local_store, "fb")
     assert _ran(rows) == {endpoint_name(first): 20} and sim.accepted(late) == 0
-    assert any(line.startswith("watching the fleet's readiness stopped: ") for line in lines), lines
+    stopped = "watching the fleet's readiness stopped: "
+    assert any(line.startswith(stopped) for _, line in lines), lines
     assert report.instances[late].state.startswith("not ready: ")
     sim.vast.clear_faults()
     assert sorted(sim.destroyed) == sorted(sim.created) and not sim.vast.instances

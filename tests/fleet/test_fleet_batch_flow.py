@@ -28,11 +28,16 @@ from comfyfleet.generate.batch import read_results
 from comfyfleet.store import open_store
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
-from tests.fleet.sim import SimFleet, prefect_emitter
+from tests.fleet.sim import SimFleet, prefect_emitter, vast_of_its_own
 from tests.fleet.test_fleet_batch import jobs_file, rent_request, tokens
 from tests.support.artifacts import artifacts_of
 
 JOBS = 60
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    yield from vast_of_its_own(monkeypatch)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from comfyfleet.fleet.vast import VastClient, VastSettings
 from comfyfleet.fleet.wheel import PublishedWheel
 from deployments.serve import load_deployments
 from tests.doubles.vast import TEST_KEY, FakeVast
-from tests.fleet.sim import EventLog, SimFleet, prefect_emitter
+from tests.fleet.sim import EventLog, SimFleet, prefect_emitter, vast_of_its_own
 from tests.fleet.test_fleet_batch import rent_request
 from tests.support.artifacts import artifacts_of
 
@@ -165,6 +165,11 @@ def test_flow_dry_run_for_one_fleet(prefect_harness: None, vast: FakeVast) -> No
 
 
 # ------------------------------------- warm-ups from the events, idleness from the gateways
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    yield from vast_of_its_own(monkeypatch)
 
 
 @pytest.fixture

@@ -37,6 +37,29 @@ def test_on_create_gets_the_container_contract_matching_the_api(vast: FakeVast) 
     assert destroyed == [record.id]
 
 
+def test_run_instances_starts_them_at_once_on_the_ports_it_picks(vast: FakeVast) -> None:
+    offer = vast.add_offer()
+    body = {"image": "img", "env": {"-p 9188:9188": "1"}}
+    before = httpx.put(f"{vast.url}/api/v0/asks/{offer['id']}/", json=body, headers=AUTH).json()
+    shown = httpx.get(f"{vast.url}/api/v0/instances/{before['new_contract']}/", headers=AUTH)
+    assert shown.json()["instances"]["actual_status"] is None  # provisioning, by default
+    created: list[int] = []
+    destroyed: list[int] = []
+    vast.run_instances(
+        port_for=lambda instance_id, port: 20000 + port,
+        on_create=lambda r: created.append(r.id),
+        on_destroy=lambda r: destroyed.append(r.id),
+    )
+    offer = vast.add_offer()
+    new = httpx.put(f"{vast.url}/api/v0/asks/{offer['id']}/", json=body, headers=AUTH).json()
+    url = f"{vast.url}/api/v0/instances/{new['new_contract']}/"
+    shown = httpx.get(url, headers=AUTH).json()["instances"]
+    assert shown["actual_status"] == "running" and created == [new["new_contract"]]
+    assert shown["ports"]["9188/tcp"][0]["HostPort"] == "29188"
+    httpx.request("DELETE", url, headers=AUTH, json={})
+    assert destroyed == [new["new_contract"]]
+
+
 def test_v0_list_search_asks_and_api_key_query(vast: FakeVast) -> None:
     vast.add_offer(gpu_name="RTX 4090")
     vast.add_offer(gpu_name="RTX 3090")
