@@ -42,6 +42,9 @@ os.environ.update(
         "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # The test server's event store saves events every 0.5 s, not 5 s: the flow tests
+        # wait for instances' events in it, and their waits shrink by that much.
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_XET": "1",
         "HF_HOME": str(_SESSION_HOME / "hf"),

@@ -79,7 +79,7 @@ def params(tmp_path: Path, **kw: Any) -> dict[str, Any]:
         "store": str(tmp_path / "store"),
         "batch_id": "fleet-e2e",
         # The wait ends once every instance said ready or failed; the store shows an event
-        # within the server's persister flush (5 s).
+        # within the server's persister flush (0.5 s in the tests, tests/conftest.py).
         "ready_timeout_s": 30.0,
         "endpoint_timeout_s": 1.0,
         "fal_fallback": False,
@@ -187,10 +187,11 @@ def test_a_failed_warmup_event_releases_it_mid_batch_and_a_hung_one_gets_no_jobs
     30 s timeout: the run does not wait it out)."""
     from flows.fleet import fleet_batch
 
-    # 60 jobs x 0.12 s on one ComfyUI: longer than the event store takes to give back the
-    # failed warm-up (it saves every ~5 s), so the release on that event happens mid-batch.
+    # 60 jobs x 0.08 s on one ComfyUI: longer than the event store takes to give back the
+    # failed warm-up (it saves every 0.5 s here, and the wait reads it every 2 s), so the
+    # release on that event happens mid-batch.
     sim.emit, sim.broken, sim.hung = prefect_emitter(), {2}, {3}
-    sim.execution_time = 0.12
+    sim.execution_time = 0.08
     started = time.monotonic()
     state = fleet_batch(**params(tmp_path, count=3, ready_timeout_s=30.0), return_state=True)
     assert state.is_completed(), state
