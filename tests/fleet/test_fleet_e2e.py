@@ -313,9 +313,13 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     assert set(ran) <= {endpoint_name(i) for i in serving}, ran
     assert 0 < ran[endpoint_name(victim)] < JOBS, ran  # the first ready may run alone a while
     assert endpoint_name(broken) not in ran
-    # Released on its warm-up failed event. The script sends it before it says so itself,
-    # so the destroy may cut its own "warm-up failed" line short: it never said ready.
-    assert summary["instances"][str(broken)].startswith("not ready: warm-up failed"), summary
+    # Its warm-up failed: released on that event (the script sends it before it says so
+    # itself, so the destroy may cut its own last line short), or, had the batch ended
+    # first, having said so. Never ready either way.
+    broken_state = summary["instances"][str(broken)]
+    assert broken_state.startswith("not ready: warm-up failed") or (
+        "warm-up failed: stopping ComfyUI; no ready event" in logs[broken]
+    ), (broken_state, logs[broken])
     broken_box = processes.boxes[broken]
     assert not (broken_box.home / "gateway.log").exists()  # its door never opened
     assert "[comfyfleet] ready:" not in logs[broken] and "[comfyfleet] ready:" in logs[victim]
