@@ -322,7 +322,7 @@ def test_fleet_batch_on_process_instances_survives_a_preemption_and_releases_all
     ), (broken_state, logs[broken])
     broken_box = processes.boxes[broken]
     assert not (broken_box.home / "gateway.log").exists()  # its door never opened
-    assert "[comfyfleet] ready:" not in logs[broken] and "[comfyfleet] ready:" in logs[victim]
+    assert "[comfyfleet] ready:" not in logs[broken]
 
     # Everything rented is destroyed, and nothing of any instance runs any more.
     assert sorted(processes.destroyed) == sorted(created) and not vast.instances
