@@ -322,7 +322,10 @@ class ProcessFleet:
     def prompts(self, instance_id: int) -> int:
         """Prompts the instance's ComfyUI accepted so far (done, running, queued); -1 when
         it does not answer (not up yet, or dead)."""
-        url = self.boxes[instance_id].comfy_url
+        box = self.boxes.get(instance_id)  # created is appended to before boxes is
+        if box is None:
+            return -1
+        url = box.comfy_url
         try:
             with urllib.request.urlopen(f"{url}/history", timeout=5) as answer:
                 done = len(json.load(answer))
