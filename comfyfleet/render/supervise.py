@@ -12,7 +12,10 @@ When the command exits, it is started again after a delay that doubles from
 ``--first-delay`` up to ``--max-delay``; a run that lasted ``--stable-s`` or longer resets
 the delay and the count. After ``--max-restarts`` quick exits in a row the supervisor gives
 up with exit 1: a ComfyUI that cannot start is not restarted forever. SIGTERM or SIGINT
-stop the command (TERM, then KILL after ``STOP_GRACE_S``) and the supervisor, exit 0.
+stop the command (TERM, then KILL after ``STOP_GRACE_S``) and the supervisor, exit 0. So
+does the end of the process that started the supervisor (the script killed with SIGKILL,
+which no trap sees): an orphaned ComfyUI or gateway would hold its port against the next
+run of the script, and a gateway nobody watches is a door left open.
 
 Bounded on purpose and small: this is not a process manager, only the one restart loop an
 instance needs (the image may have no supervisord, and systemd does not run in containers).
@@ -21,6 +24,7 @@ instance needs (the image may have no supervisord, and systemd does not run in c
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -125,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_when_orphaned(stop: threading.Event, parent: int) -> None:
+    """Set ``stop`` once this process is re-parented: ``parent`` has exited."""
+    while not stop.wait(POLL_S):
+        if os.getppid() != parent:
+            _log(f"the process that started this supervisor ({parent}) is gone; stopping")
+            stop.set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = list(args.command)
@@ -136,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
+    if parent != 1:  # started by init (or a container's PID 1): nothing to outlive
+        threading.Thread(target=_stop_when_orphaned, args=(stop, parent), daemon=True).start()
     backoff = Backoff(args.max_restarts, args.first_delay, args.max_delay, args.stable_s)
     return supervise(command, name=args.name, cwd=args.cwd, backoff=backoff, stop=stop)
 

@@ -539,9 +539,10 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
         log.close()
     out = (tmp_path / "onstart.log").read_text()
     assert "gw-token-not-printed" not in out and "do-not-print-me" not in out
-    # Stopping the script stops what it supervises.
-    _wait_for(lambda: _closed(comfy), 30, "ComfyUI stopped")
-    _wait_for(lambda: _closed(gateway), 30, "gateway stopped")
+    # Stopping the script stops what it supervises (and so does killing it, test above).
+    why = f"the script ended with {proc.returncode}; its log:\n{out}"
+    _wait_for(lambda: _closed(comfy), 30, f"ComfyUI stopped ({why})")
+    _wait_for(lambda: _closed(gateway), 30, f"gateway stopped ({why})")
 
 
 def _closed(url: str) -> bool:
@@ -680,3 +681,25 @@ def test_supervise_stops_its_command_on_sigterm(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2 and "no command given" in done.stderr
+
+
+def test_supervise_stops_its_command_when_its_parent_is_killed(tmp_path: Path) -> None:
+    # The on-start script killed with SIGKILL runs no trap: its supervisors notice they
+    # were orphaned and stop what they run (else ComfyUI would hold its port forever).
+    pid_file, sup_file, err = tmp_path / "pid", tmp_path / "sup", tmp_path / "err"
+    inner = f'echo $$ >"{pid_file}"; exec sleep 60'
+    parent = subprocess.Popen(
+        [BASH, "-c", f'"$0" -m comfyfleet.render.supervise --name sleeper -- {BASH} -c '
+         f'{shlex.quote(inner)} 2>"{err}" & echo $! >"{sup_file}"; wait', sys.executable]
+    )  # fmt: skip
+    child = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "pid"))
+    supervisor = int(sup_file.read_text())
+    parent.kill()
+    parent.wait(15)
+
+    def gone(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        return not stat.exists() or ") Z " in stat.read_text()
+
+    _wait_for(lambda: gone(child) and gone(supervisor), 15, "the orphaned supervisor to stop")
+    assert "is gone; stopping" in err.read_text()
