@@ -274,9 +274,7 @@ class WarmupOptions:
     def pull_settings(self) -> PullSettings:
         """The pull's settings, built here only: every pull option reaches the pull."""
         verify: typing.Literal["fast", "full"] = "full" if self.verify == "full" else "fast"
-        return PullSettings(
-            verify=verify, fast_http=self.fast_http, **WRITE_PATHS[self.write_path]
-        )
+        return PullSettings(verify=verify, fast_http=self.fast_http, **WRITE_PATHS[self.write_path])
 
 
 _PATHS = frozenset({"comfy_root", "warmup_workflow", "models_dir", "baked_manifest", "timeline"})

@@ -58,15 +58,32 @@ def vast_of_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
         yield fake
 
 
-def prefect_emitter() -> Emit:
+def prefect_emitter(*, failures_stored: bool = False) -> Emit:
     """Emit into the Prefect server of the caller's settings context (the test harness's):
-    instances are created on the vast.ai double's server thread, which would not see it."""
+    instances are created on the vast.ai double's server thread, which would not see it.
+
+    With ``failures_stored``, a failed warm-up's event is in the server's event store (read
+    back as the fleet reads it) before the emit returns, so before the instance's create
+    call answers: a test about what the batch does with that event does not race the
+    store's flush against how fast the other instances finish the batch."""
     from prefect.events import emit_event
+
+    from flows.fleet import PrefectInstanceEvents
 
     context = contextvars.copy_context()
 
+    def stored(instance_id: int) -> None:
+        read = PrefectInstanceEvents()
+        deadline = time.monotonic() + 30
+        while not any(e.failed for e in read([instance_id])):
+            assert time.monotonic() < deadline, f"instance {instance_id}'s event not stored"
+            time.sleep(0.1)
+
     def emit(name: str, res: dict[str, str], payload: dict[str, Any]) -> None:
         context.copy().run(emit_event, event=name, resource=res, payload=payload)
+        if failures_stored and name == WARMUP_FINISHED and not payload["ok"]:
+            instance_id = int(res["prefect.resource.id"].rsplit(".", 1)[1])
+            context.copy().run(stored, instance_id)
 
     return emit
 

@@ -98,7 +98,9 @@ def test_fleet_batch_rents_runs_survives_a_dead_instance_and_releases_all(
 ) -> None:
     from flows.fleet import fleet_batch
 
-    sim.emit = prefect_emitter()  # the instances report to the Prefect test server
+    # The instances report to the Prefect test server; the broken one's event is stored
+    # before its create returns (the others may finish the batch within the store's flush).
+    sim.emit = prefect_emitter(failures_stored=True)
     sim.broken = {4}  # the fourth instance fails its warm-up: released, no jobs
     killer = kill_halfway(sim, 0)
     prefect_logger = logging.getLogger("prefect")
@@ -187,10 +189,10 @@ def test_a_failed_warmup_event_releases_it_mid_batch_and_a_hung_one_gets_no_jobs
     30 s timeout: the run does not wait it out)."""
     from flows.fleet import fleet_batch
 
-    # 60 jobs x 0.08 s on one ComfyUI: longer than the event store takes to give back the
-    # failed warm-up (it saves every 0.5 s here, and the wait reads it every 2 s), so the
-    # release on that event happens mid-batch.
-    sim.emit, sim.broken, sim.hung = prefect_emitter(), {2}, {3}
+    # The failed warm-up's event is in the store before its create call returns, so the
+    # wait's first read of the events sees it; 60 jobs x 0.08 s on one ComfyUI last well
+    # past that read, so the release on that event happens mid-batch.
+    sim.emit, sim.broken, sim.hung = prefect_emitter(failures_stored=True), {2}, {3}
     sim.execution_time = 0.08
     started = time.monotonic()
     state = fleet_batch(**params(tmp_path, count=3, ready_timeout_s=30.0), return_state=True)

@@ -295,8 +295,11 @@ def test_the_fleet_script_leaves_store_and_profile_to_the_env(vast: FakeVast) ->
         size=1, expires_s=3600, url="http://127.0.0.1:1/w?X-Amz-Signature=s",
     )  # fmt: skip
     # 150 characters gzip cannot shrink much (the script goes gzip + base64 packed).
-    store = "s3://models-" + hashlib.sha256(b"bucket").hexdigest()[:40] + "/" + "/".join(
-        hashlib.sha256(str(n).encode()).hexdigest()[:20] for n in range(5)
+    store = (
+        "s3://models-"
+        + hashlib.sha256(b"bucket").hexdigest()[:40]
+        + "/"
+        + "/".join(hashlib.sha256(str(n).encode()).hexdigest()[:20] for n in range(5))
     )
     offers(vast, 1)
     fleet_request = request(1, wheel=wheel, prefect_api_url="http://10.0.0.2:4200/api", store=store)
