@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 STOP_GRACE_S = 10.0
 POLL_S = 0.2
@@ -45,6 +46,39 @@ class Backoff:
     first_delay_s: float = 1.0
     max_delay_s: float = 60.0
     stable_s: float = 60.0
+
+
+class Stop(Protocol):
+    """What stops the loop: ``threading.Event`` or :class:`StopFlag`."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class StopFlag:
+    """A stop request that a signal handler may set. ``threading.Event.set`` takes a lock,
+    and a second TERM whose handler runs inside the first one's ``set`` (the script sends
+    two) deadlocks on it: the supervisor then hangs forever with its command running, as
+    seen in CI. Setting a plain attribute takes no lock; ``wait`` polls."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(POLL_S, left))
+        return self._set
 
 
 def _log(message: str) -> None:
@@ -62,7 +96,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _run_once(command: Sequence[str], cwd: str | None, stop: threading.Event) -> int | None:
+def _run_once(command: Sequence[str], cwd: str | None, stop: Stop) -> int | None:
     """Run ``command`` until it exits (its code) or ``stop`` is set (``None``)."""
     proc = subprocess.Popen(list(command), cwd=cwd)
     while True:
@@ -80,12 +114,12 @@ def supervise(
     name: str,
     cwd: str | None = None,
     backoff: Backoff = Backoff(),
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
     log: Callable[[str], None] = _log,
 ) -> int:
     """Run ``command``, restarting it as :class:`Backoff` says; 0 when stopped, 1 when it
     gave up, 2 when the command cannot be started at all."""
-    stop = stop or threading.Event()
+    stop = stop or StopFlag()
     delay, quick = backoff.first_delay_s, 0
     while not stop.is_set():
         started = time.monotonic()
@@ -129,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stop_when_orphaned(stop: threading.Event, parent: int) -> None:
+def _stop_when_orphaned(stop: StopFlag, parent: int) -> None:
     """Set ``stop`` once this process is re-parented: ``parent`` has exited."""
     while not stop.wait(POLL_S):
         if os.getppid() != parent:
@@ -145,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         _log("supervise: no command given (put it after --)")
         return 2
-    stop = threading.Event()
+    stop = StopFlag()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     parent = os.getppid()

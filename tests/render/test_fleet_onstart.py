@@ -671,6 +671,9 @@ def test_supervise_stops_its_command_on_sigterm(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     child = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "pid"))
+    # The script sends TERM twice (its trap, then its last kill): the second one's handler
+    # may run inside the first's; a lock taken there would hang the supervisor for good.
+    proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
