@@ -394,8 +394,9 @@ def _stub_venv(home: Path) -> Path:
 
 
 def _fleet_env(tmp_path: Path, store: Any, api_url: str, contract: int) -> dict[str, str]:
-    """The instance environment of vast.ai contract ``contract`` (one per test: the flow
-    runs of the session's Prefect server are looked up by instance id)."""
+    """The instance environment of vast.ai contract ``contract`` (one per test, and one no
+    other test uses: the flow runs of the session's Prefect server are looked up by
+    instance id)."""
     write_catalog(
         tmp_path / "catalog.yaml", profiles={"minimal": (8, ["base", "vae"])}, ids=["base", "vae"]
     )
@@ -482,7 +483,7 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
 ) -> None:
     pytest.importorskip("comfyfleet.fleet.gateway", reason="comfyfleet gateway (fleet branch)")
     mirror(local_store, ["base", "vae"])
-    env = _fleet_env(tmp_path, local_store, _api_url(), 77)
+    env = _fleet_env(tmp_path, local_store, _api_url(), 7701)
     script = _fleet_script(tmp_path, catalogs=(str(tmp_path / "catalog.yaml"),))
     home, root = tmp_path / "home", tmp_path / "ComfyUI"
     calls = _stub_venv(home)
@@ -496,8 +497,8 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
         ready = json.loads((home / "ready.json").read_text())
         port = env["COMFYFLEET_GATEWAY_PORT"]
         assert ready == {
-            "instance_id": "C.77",
-            "contract_id": "77",
+            "instance_id": "C.7701",
+            "contract_id": "7701",
             "endpoint": f"http://127.0.0.1:{port}",
             "host": "127.0.0.1",
             "port": port,
@@ -508,12 +509,12 @@ def test_fleet_instance_warms_up_as_a_flow_and_serves_through_the_gateway_only(
         # Events: the warm-up's result, then ready, both about this instance.
         emitted = _emitted(calls)
         assert [name for name, _, _ in emitted] == [events.WARMUP_FINISHED, events.INSTANCE_READY]
-        assert {r["prefect.resource.id"] for _, r, _ in emitted} == {"comfyfleet.instance.C.77"}
+        assert {r["prefect.resource.id"] for _, r, _ in emitted} == {"comfyfleet.instance.C.7701"}
         assert emitted[0][2]["ok"] is True and emitted[1][2] == ready
         # The warm-up ran as a flow run on the server, for this instance.
-        (run,) = _flow_runs_of("C.77")
+        (run,) = _flow_runs_of("C.7701")
         assert run.state is not None and run.state.is_completed()
-        assert run.name == "warmup-C.77"  # the UI names the instance it warmed
+        assert run.name == "warmup-C.7701"  # the UI names the instance it warmed
         # ComfyUI on loopback only; the gateway wants the token.
         (first,) = _started(root)
         assert first["argv"][:2] == ["--listen", "127.0.0.1"]

@@ -23,7 +23,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -100,16 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_code is not None:
         print("comfyui_launcher: failing on purpose", flush=True)
         return args.exit_code
+    # Stop signals are taken synchronously (sigwait), not by a handler: a handler that
+    # sets a threading.Event can deadlock when a second signal lands inside the first.
+    # Blocked before the server's threads start, so none of them gets them either.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     time.sleep(args.boot_delay)  # torch + custom nodes take a while in the real one
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
     fake = DiskComfyUI(args.comfy_root, port=args.port)
     fake.execution_time = args.execution_time
     fake.start()
     print(f"comfyui_launcher: listening on {fake.url}", flush=True)
     try:
-        done.wait()
+        signal.sigwait(stop_signals)
     finally:
         fake.stop()
     return 0
