@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,25 +59,32 @@ class StopFlag:
     """A stop request that a signal handler may set. ``threading.Event.set`` takes a lock,
     and a second TERM whose handler runs inside the first one's ``set`` (the script sends
     two) deadlocks on it: the supervisor then hangs forever with its command running, as
-    seen in CI. Setting a plain attribute takes no lock; ``wait`` polls."""
+    seen in CI. Setting a plain attribute takes no lock; ``wait`` polls.
 
-    def __init__(self) -> None:
+    With ``parent``, the flag also reads as set once this process was re-parented (that
+    process exited): the loop's own polling notices, no watcher thread needed."""
+
+    def __init__(self, parent: int | None = None) -> None:
         self._set = False
+        self._parent = parent
 
     def set(self) -> None:
         self._set = True
 
     def is_set(self) -> bool:
+        if not self._set and self._parent is not None and os.getppid() != self._parent:
+            _log(f"the process that started this supervisor ({self._parent}) is gone; stopping")
+            self._set = True
         return self._set
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not self._set:
+        while not self.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             time.sleep(min(POLL_S, left))
-        return self._set
+        return self.is_set()
 
 
 def _log(message: str) -> None:
@@ -163,14 +169,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stop_when_orphaned(stop: StopFlag, parent: int) -> None:
-    """Set ``stop`` once this process is re-parented: ``parent`` has exited."""
-    while not stop.wait(POLL_S):
-        if os.getppid() != parent:
-            _log(f"the process that started this supervisor ({parent}) is gone; stopping")
-            stop.set()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = list(args.command)
@@ -179,12 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         _log("supervise: no command given (put it after --)")
         return 2
-    stop = StopFlag()
+    parent = os.getppid()
+    # Started by init (or a container's PID 1): there is no parent to outlive.
+    stop = StopFlag(parent if parent != 1 else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    parent = os.getppid()
-    if parent != 1:  # started by init (or a container's PID 1): nothing to outlive
-        threading.Thread(target=_stop_when_orphaned, args=(stop, parent), daemon=True).start()
     backoff = Backoff(args.max_restarts, args.first_delay, args.max_delay, args.stable_s)
     return supervise(command, name=args.name, cwd=args.cwd, backoff=backoff, stop=stop)
 

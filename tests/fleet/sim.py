@@ -81,9 +81,9 @@ def prefect_emitter(*, failures_stored: bool = False) -> Emit:
 
     def emit(name: str, res: dict[str, str], payload: dict[str, Any]) -> None:
         context.copy().run(emit_event, event=name, resource=res, payload=payload)
-        if failures_stored and name == WARMUP_FINISHED and not payload["ok"]:
-            instance_id = int(res["prefect.resource.id"].rsplit(".", 1)[1])
-            context.copy().run(stored, instance_id)
+        event = parse_event(name, res["prefect.resource.id"], payload, time.time())
+        if failures_stored and event is not None and event.failed:
+            context.copy().run(stored, event.instance_id)
 
     return emit
 

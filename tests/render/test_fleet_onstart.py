@@ -663,6 +663,12 @@ def test_supervise_restarts_with_backoff_and_gives_up(tmp_path: Path) -> None:
     assert seen[-1] == "x: cannot start /nonexistent/comfy: No such file or directory"
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not reaped yet counts: it runs nothing)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or ") Z " in stat.read_text()
+
+
 def test_supervise_stops_its_command_on_sigterm(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     proc = subprocess.Popen(
@@ -677,7 +683,7 @@ def test_supervise_stops_its_command_on_sigterm(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+    assert _gone(child)
     done = subprocess.run(
         [sys.executable, "-m", "comfyfleet.render.supervise", "--name", "x"],
         capture_output=True,
@@ -700,10 +706,5 @@ def test_supervise_stops_its_command_when_its_parent_is_killed(tmp_path: Path) -
     supervisor = int(sup_file.read_text())
     parent.kill()
     parent.wait(15)
-
-    def gone(pid: int) -> bool:
-        stat = Path(f"/proc/{pid}/stat")
-        return not stat.exists() or ") Z " in stat.read_text()
-
-    _wait_for(lambda: gone(child) and gone(supervisor), 15, "the orphaned supervisor to stop")
+    _wait_for(lambda: _gone(child) and _gone(supervisor), 15, "the orphaned supervisor to stop")
     assert "is gone; stopping" in err.read_text()
